@@ -1,0 +1,33 @@
+# synthmix: `make demo` sets up and runs the default study, `make test` the tests.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup dev demo test ui clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install the runtime dependencies
+
+dev: $(VENV)/.installed-dev  ## add the test tools
+
+demo: setup  ## the default study on the embedded mnist5k digits, tracked in ./mlflow.db
+	$(VENV)/bin/mlflow run . --env-manager local
+
+test: dev  ## the whole test suite
+	$(PY) -m pytest -q
+
+ui: setup  ## browse the runs at http://127.0.0.1:5000
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+clean:
+	rm -rf $(VENV) .pytest_cache

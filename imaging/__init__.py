@@ -1,0 +1,2 @@
+"""Image data: embedded datasets, folder scanning and validation, manifests,
+the decoded-tensor cache and corruption ops."""

@@ -1,0 +1,95 @@
+"""Decoding one image file into the uint8 array a model sees.
+
+Every image, whatever its mode (L, RGB, RGBA, P, LA, CMYK, 16-bit I;16 / I),
+becomes uint8 HWC with 1 or 3 channels: transparency is composited over black,
+16-bit values are scaled to 0..255. Decoding is the same for real, synthetic
+and corrupted images and for the served model, so none of them can differ by
+format.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+# Images above this many pixels are refused before they are decoded, so a
+# crafted file (a decompression bomb) cannot exhaust memory. 89.5 Mpx is PIL's
+# own warning threshold; override per call.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class BadImage(Exception):
+    """A file that is not a readable image; the message says why."""
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open and fully decode image bytes, refusing truncated files and oversized images."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise BadImage(f"{width}x{height} pixels is over the limit of {max_pixels:,} (a possible decompression bomb)")
+            image.load()  # raises on truncated data
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadImage(f"over the pixel limit (a possible decompression bomb): {error}") from error
+    except Exception as error:
+        reason = "truncated" if "truncated" in str(error).lower() else "not an image"
+        raise BadImage(f"{reason} ({error.__class__.__name__}: {error})") from error
+    return image
+
+
+def to_array(image: Image.Image, channels: int | None = None) -> np.ndarray:
+    """uint8 HWC array with 1 or 3 channels (`channels=None` keeps grey as grey)."""
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif mode == "P":
+        image = image.convert("RGBA")
+    elif mode in ("1", "LA", "PA"):
+        image = image.convert("LA" if mode != "1" else "L")
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        background = Image.new(image.mode[:-1] if image.mode in ("RGBA", "LA") else "RGB", image.size, 0)
+        background.paste(image, mask=image.getchannel("A"))
+        image = background
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    grey = image.mode == "L"
+    if channels is None:
+        channels = 1 if grey else 3
+    if channels == 1 and not grey:
+        image = image.convert("L")
+    elif channels == 3 and grey:
+        image = image.convert("RGB")
+    array = np.asarray(image, dtype=np.uint8)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def decode(data: bytes, channels: int | None = None, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes to uint8 HWC, optionally converted to `channels` and resized to size x size."""
+    image = open_image(data, max_pixels)
+    array = to_array(image, channels)
+    if size is not None and (array.shape[0] != size or array.shape[1] != size):
+        mode = "L" if array.shape[2] == 1 else "RGB"
+        resized = Image.fromarray(array[:, :, 0] if mode == "L" else array, mode).resize((size, size), Image.Resampling.BILINEAR)
+        array = np.asarray(resized, dtype=np.uint8)
+        array = array[:, :, None] if array.ndim == 2 else array
+    return array
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """uint8 HWC (C=1 or 3) or HW to PNG bytes."""
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

@@ -1,0 +1,115 @@
+"""Manifests: a dataset as one row per image.
+
+Columns (extra ones, such as a synthetic image's `seed` or `prompt`, ride along):
+  path    where the bytes are: relative to the manifest's root for real images,
+          the artifact path inside run `run_id` for synthetic / corrupted ones
+  label   class name
+  split   train, val or test
+  source  real or synthetic (corrupted copies keep their source and add `corruption`)
+  run_id  the run whose artifacts hold the image ('' for files under root)
+  sha256  of the file's bytes
+
+The digest covers every row's path, label, split, source, run and sha256, so two
+manifests with the same digest describe the same bytes with the same labels.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from imaging.errors import InputError
+
+COLUMNS = ["path", "label", "split", "source", "run_id", "sha256"]
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Manifest:
+    frame: pd.DataFrame
+    root: str  # folder that real-image paths are relative to
+    name: str  # short name shown in the MLflow UI, e.g. "mnist5k"
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        for column in COLUMNS:
+            if column not in self.frame.columns:
+                self.frame[column] = ""
+        self.frame = self.frame.reset_index(drop=True)
+        self.frame["run_id"] = self.frame["run_id"].fillna("").astype(str)
+        if not self.classes:
+            self.classes = sorted(self.frame["label"].astype(str).unique())
+
+    @cached_property
+    def digest(self) -> str:
+        rows = self.frame[COLUMNS].astype(str).sort_values(["split", "path", "run_id"])
+        payload = rows.to_csv(index=False).encode() + json.dumps(self.classes).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def split(self, name: str) -> "Manifest":
+        return Manifest(self.frame[self.frame["split"] == name].copy(), self.root, f"{self.name}-{name}", list(self.classes))
+
+    def counts(self) -> pd.DataFrame:
+        """Images per class (rows) and split/source (columns)."""
+        return self.frame.groupby(["label", "split", "source"]).size().unstack(["split", "source"], fill_value=0)
+
+    def label_indices(self) -> list[int]:
+        index = {name: i for i, name in enumerate(self.classes)}
+        return [index[label] for label in self.frame["label"].astype(str)]
+
+    def local_paths(self) -> list[Path]:
+        """A local file for every row, downloading run artifacts (once per run folder) where needed."""
+        folders: dict[tuple[str, str], Path] = {}
+        paths = []
+        for path, run_id in zip(self.frame["path"], self.frame["run_id"]):
+            if not run_id:
+                paths.append(Path(self.root) / path)
+                continue
+            top = path.split("/", 1)[0]
+            if (run_id, top) not in folders:
+                import mlflow
+
+                folders[(run_id, top)] = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=top))
+            rest = path.split("/", 1)[1] if "/" in path else ""
+            paths.append(folders[(run_id, top)] / rest if rest else folders[(run_id, top)])
+        return paths
+
+    def meta(self) -> dict:
+        return {"name": self.name, "root": self.root, "classes": self.classes, "digest": self.digest, "rows": len(self)}
+
+    def save(self, folder: Path) -> tuple[Path, Path]:
+        """manifest.csv plus manifest.json (root, classes, digest) in `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        csv_path, json_path = folder / "manifest.csv", folder / "manifest.json"
+        self.frame.to_csv(csv_path, index=False)
+        json_path.write_text(json.dumps(self.meta(), indent=2))
+        return csv_path, json_path
+
+    @classmethod
+    def load(cls, folder: Path) -> "Manifest":
+        folder = Path(folder)
+        csv_path, json_path = folder / "manifest.csv", folder / "manifest.json"
+        if not csv_path.is_file() or not json_path.is_file():
+            raise InputError(f"{folder} holds no manifest.csv and manifest.json; pass the folder a synthmix run logged as its dataset.")
+        meta = json.loads(json_path.read_text())
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        return cls(frame, meta["root"], meta["name"], list(meta["classes"]))
+
+    def mlflow_dataset(self):
+        """This manifest as an MLflow dataset, for `mlflow.log_input`."""
+        import mlflow.data
+
+        return mlflow.data.from_pandas(self.frame[COLUMNS].copy(), source=self.root or "synthmix", targets="label", name=self.name, digest=self.digest)
+
+
+def concat(manifests: list[Manifest], name: str) -> Manifest:
+    first = manifests[0]
+    frame = pd.concat([m.frame for m in manifests], ignore_index=True)
+    return Manifest(frame, first.root, name, list(first.classes))

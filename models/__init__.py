@@ -1,0 +1,1 @@
+"""Networks: classifiers, generators, saliency and the pyfunc serving model."""

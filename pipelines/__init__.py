@@ -1,0 +1,1 @@
+"""One module per MLflow entry point; `python -m pipelines --help` lists them."""

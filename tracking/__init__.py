@@ -1,0 +1,1 @@
+"""MLflow glue: run helpers, lineage, artifact names, figures."""
