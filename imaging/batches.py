@@ -31,7 +31,7 @@ def decode_files(paths: list[Path], channels: int, size: int, desc: str = "decod
 
     def load(index: int) -> None:
         array = decode(Path(paths[index]).read_bytes(), channels, size)
-        out[index] = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        out[index] = torch.from_numpy(array.transpose(2, 0, 1).copy())
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
         for _ in tqdm(pool.map(load, range(len(paths))), total=len(paths), desc=desc, unit="img", leave=False):
@@ -98,7 +98,7 @@ class _FileDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         array = decode(Path(self.paths[index]).read_bytes(), self.channels, self.size)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), self.labels[index]
+        return torch.from_numpy(array.transpose(2, 0, 1).copy()), self.labels[index]
 
 
 class LoaderBatches:

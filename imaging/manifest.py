@@ -104,9 +104,13 @@ class Manifest:
 
     def mlflow_dataset(self):
         """This manifest as an MLflow dataset, for `mlflow.log_input`."""
+        import warnings
+
         import mlflow.data
 
-        return mlflow.data.from_pandas(self.frame[COLUMNS].copy(), source=self.root or "synthmix", targets="label", name=self.name, digest=self.digest)
+        with warnings.catch_warnings():  # a local folder matches more than one MLflow source type
+            warnings.simplefilter("ignore")
+            return mlflow.data.from_pandas(self.frame[COLUMNS].copy(), source=self.root or "synthmix", targets="label", name=self.name, digest=self.digest)
 
 
 def concat(manifests: list[Manifest], name: str) -> Manifest:

@@ -78,6 +78,17 @@ def top_left_share(maps: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def quadrant_model():
+    # one thread: tiny convolutions gain nothing from more, a shared CI core loses a lot,
+    # and the same reduction order everywhere keeps the trained weights identical
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield _train_quadrant_model()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_quadrant_model():
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
     train_x, train_y = quadrant_task(640, generator)
@@ -85,7 +96,9 @@ def quadrant_model():
     model = build_classifier("smallcnn", 2, 1)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     accuracy = 0.0
-    for _ in range(6):  # usually done after 3 epochs; batch-norm statistics lag the first ones
+    # 3 epochs at least: a model that has only just separated the classes spreads its
+    # evidence more; across seeds 3 epochs give 100% test accuracy and ~75% Grad-CAM share
+    for epoch in range(6):
         model.train()
         for batch in torch.randperm(len(train_x)).split(64):
             loss = F.cross_entropy(model(train_x[batch]), train_y[batch])
@@ -96,7 +109,7 @@ def quadrant_model():
         with torch.no_grad():
             predictions = model(test_x).argmax(1)
         accuracy = float((predictions == test_y).float().mean())
-        if accuracy >= 0.97:
+        if epoch >= 2 and accuracy >= 0.97:
             break
     return model, test_x, test_y, predictions, accuracy
 
@@ -107,7 +120,7 @@ def test_gradcam_mass_falls_in_the_only_informative_quadrant(quadrant_model):
     correct = predictions == test_y
     maps = saliency_maps(model, test_x[correct], test_y[correct], method="gradcam")
     share = top_left_share(maps)
-    # the quadrant is 25% of the area; a random network gives ~25%, raw brightness ~27%; measured ~76%
+    # the quadrant is 25% of the area; a random network gives ~25%, raw brightness ~27%; measured 74-77% over 7 seeds
     assert share > 0.5, f"only {share:.1%} of Grad-CAM mass is in the informative quadrant"
     per_image = maps[:, :QUADRANT, :QUADRANT].sum((1, 2)) / maps.sum((1, 2))
     assert float((per_image > 0.25).float().mean()) > 0.9
@@ -120,7 +133,7 @@ def test_integrated_gradients_mass_leans_to_the_informative_quadrant(quadrant_mo
     assert maps.shape == (len(correct), SIZE, SIZE)
     assert torch.isfinite(maps).all()
     # pixel-level attributions also land on the background noise, so the share is lower
-    # than Grad-CAM's (measured ~45%) but well above the quadrant's 25% of the area
+    # than Grad-CAM's (measured 41-56% over 7 seeds) but well above the quadrant's 25% of the area
     share = top_left_share(maps)
     assert share > 0.35, f"only {share:.1%} of Integrated Gradients mass is in the informative quadrant"
 
@@ -200,6 +213,17 @@ def test_a_model_blind_to_its_input_gets_blank_maps_not_nan(method):
     assert torch.equal(maps, torch.zeros(3, 8, 8))
 
 
+def test_gradcam_warns_when_its_layer_has_no_spatial_extent():
+    # ResNet18's layer4 is 1x1 on 28 px MNIST digits: say so instead of drawing blank maps silently
+    model = build_classifier("resnet18", 10, 1)
+    inputs = torch.randn(2, 1, 28, 28)
+    with pytest.warns(UserWarning, match="1x1 for 28x28 px.*model.layer3"):
+        blank = saliency_maps(model, inputs, torch.tensor([0, 1]))
+    assert torch.equal(blank, torch.zeros(2, 28, 28))
+    finer = saliency_maps(model, inputs, torch.tensor([0, 1]), layer=model.layer3)
+    assert torch.isfinite(finer).all() and finer.shape == (2, 28, 28)
+
+
 def test_unknown_method_names_the_valid_ones():
     model = build_classifier("smallcnn", 2, 1)
     with pytest.raises(InputError, match="'saliency'.*gradcam, integrated_gradients"):
@@ -214,7 +238,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def _texts(fig: Figure) -> list[str]:
-    return [text.get_text() for ax in fig.axes for text in [ax.title, *ax.texts]] + [fig._suptitle.get_text()]
+    return [text.get_text() for ax in fig.axes for text in [ax.title, *ax.texts]] + [fig.get_suptitle()]
 
 
 def test_saliency_panel_renders_each_image_with_its_title(tmp_path):

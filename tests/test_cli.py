@@ -1,0 +1,71 @@
+"""The user-facing contract: MLproject parameters are the click options, help is instant."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import click
+import pytest
+import yaml
+
+from conftest import REPO, run_cli
+from pipelines.__main__ import STAGES, cli
+
+
+def mlproject() -> dict:
+    return yaml.safe_load((REPO / "MLproject").read_text())
+
+
+def click_params(stage: str) -> dict[str, click.Option]:
+    command = cli.get_command(None, stage)
+    return {p.name: p for p in command.params if isinstance(p, click.Option) and p.name != "help"}
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_mlproject_parameters_are_the_click_options(stage):
+    entry = mlproject()["entry_points"][stage]
+    declared = set(entry["parameters"])
+    options = click_params(stage)
+    assert declared == set(options), f"MLproject-only: {declared - set(options)}, click-only: {set(options) - declared}"
+    for name in declared:
+        flag = "--" + name.replace("_", "-")
+        assert re.search(rf"{flag} '?\{{{name}\}}'?", entry["command"]), f"{stage}: {flag} {{{name}}} missing from the command"
+        assert options[name].help, f"{stage} --{name} has no help"
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_mlproject_defaults_match_click_defaults(stage):
+    entry = mlproject()["entry_points"][stage]
+    for name, spec in entry["parameters"].items():
+        default = click_params(stage)[name].default
+        if isinstance(default, bool):
+            assert str(spec["default"]).lower() == str(default).lower(), name
+        elif isinstance(default, (int, float)):
+            assert float(spec["default"]) == float(default), name
+        else:
+            assert str(spec["default"]) == str(default), name
+
+
+def test_every_stage_in_the_mlproject_is_a_command():
+    assert set(mlproject()["entry_points"]) == set(STAGES)
+
+
+def test_help_lists_stages_without_importing_torch():
+    code = (
+        "import sys; from pipelines.__main__ import cli\n"
+        "try:\n    cli(['train', '--help'], prog_name='pipelines')\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY' if {'torch', 'mlflow', 'pandas'} & set(sys.modules) else 'LIGHT')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert "--resume-run" in out and out.strip().endswith("LIGHT")
+    top = run_cli("--help")
+    assert top.returncode == 0
+    for stage in STAGES:
+        assert stage in top.stdout
+
+
+def test_bad_option_value_exits_2():
+    result = run_cli("train", "--epochs", "0")
+    assert result.returncode == 2
+    assert "--epochs" in result.stderr
