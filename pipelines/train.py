@@ -76,6 +76,9 @@ def native_format(manifest, sample: int = 64) -> tuple[int, int]:
     from imaging.images import open_image, to_array
 
     rows = manifest.split("train")
+    real = rows.frame["source"] == "real"
+    if real.any():  # a mix is shaped like its real images, whatever the synthetic ones are
+        rows = type(rows)(rows.frame[real].head(sample).copy(), rows.root, rows.name, rows.classes)
     paths = rows.local_paths()[:sample]
     channels, sides = 1, Counter()
     for path in paths:

@@ -2,12 +2,12 @@
 and a logged manifest that `train --dataset-run` reads back unchanged.
 
 Allocation and sampling are tested on in-memory manifests; the stage runs end
-to end on tiny PNG folders against a sqlite tracking store in a temp folder.
+to end on tiny PNG folders, in conftest's temporary tracking store, one
+experiment per test.
 """
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -197,32 +197,20 @@ def test_image_size_or_channel_mismatch_is_an_error_unless_converting(tmp_path):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A sqlite tracking store and cache in a temp folder, plus real and synthetic image folders."""
+    """Real and synthetic image folders; runs go to conftest's temporary tracking store."""
     root = tmp_path_factory.mktemp("mix")
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "SYNTHMIX_CACHE")}
-    saved_cwd = os.getcwd()
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
-    os.environ["SYNTHMIX_CACHE"] = str(root / "cache")
-    os.chdir(root)  # artifacts go to ./mlruns
-    folders = {
+    return {
         "root": root,
         "real": _write_images(root / "real", CLASSES, 10, (16, 16), 0),  # 8 train, 1 val, 1 test per class
         "synthetic": _write_images(root / "synthetic", CLASSES, 12, (16, 16), 1),
         "colour": _write_images(root / "colour", CLASSES, 12, (20, 20, 3), 2),
     }
-    yield folders
-    os.chdir(saved_cwd)
-    for key, value in saved_env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
-def _run_count() -> int:
+def _run_count(experiment_id: str) -> int:
     import mlflow
 
-    return len(mlflow.search_runs(search_all_experiments=True, output_format="list"))
+    return len(mlflow.search_runs([experiment_id], output_format="list"))
 
 
 def _logged_manifest(run_id: str) -> Manifest:
@@ -231,7 +219,7 @@ def _logged_manifest(run_id: str) -> Manifest:
     return Manifest.load(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="dataset")))
 
 
-def test_the_stage_logs_the_mix_that_train_reads_back(store):
+def test_the_stage_logs_the_mix_that_train_reads_back(store, experiment):
     from mlflow.tracking import MlflowClient
 
     from pipelines.mix import mix
@@ -275,7 +263,7 @@ def test_the_stage_logs_the_mix_that_train_reads_back(store):
     assert again["run_id"] == run.info.run_id and again.get("reused")
 
 
-def test_the_stage_mixes_a_synthesize_runs_images(store):
+def test_the_stage_mixes_a_synthesize_runs_images(store, experiment):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -306,16 +294,16 @@ def test_the_stage_mixes_a_synthesize_runs_images(store):
     assert all(Path(p).is_file() for p in logged.split("train").local_paths())
 
 
-def test_a_size_mismatch_stops_before_a_run_unless_converting(store):
+def test_a_size_mismatch_stops_before_a_run_unless_converting(store, experiment):
     from mlflow.tracking import MlflowClient
 
     from pipelines.mix import mix
 
     params = {"data": str(store["real"]), "synthetic_data": str(store["colour"]), "ratio": 0.5}
-    before = _run_count()
+    before = _run_count(experiment)
     with pytest.raises(InputError, match=r"synthetic images are 20x20x3 \(width x height x channels\) but the real ones are 16x16x1"):
         mix(params)
-    assert _run_count() == before
+    assert _run_count(experiment) == before
 
     result = mix({**params, "convert": True})
     note = MlflowClient().get_run(result["run_id"]).data.tags["synthmix.convert_note"]
@@ -333,23 +321,23 @@ def test_a_size_mismatch_stops_before_a_run_unless_converting(store):
         ({"synthetic_data": "missing-folder"}, r"synthetic_data missing-folder is not a folder"),
     ],
 )
-def test_bad_input_stops_before_a_run(store, change, message):
+def test_bad_input_stops_before_a_run(store, experiment, change, message):
     from pipelines.mix import mix
 
-    before = _run_count()
+    before = _run_count(experiment)
     with pytest.raises(InputError, match=message):
         mix({"data": str(store["real"]), "synthetic_data": str(store["synthetic"]), "total": 24 * 2, **change})
-    assert _run_count() == before
+    assert _run_count(experiment) == before
 
 
-def test_the_command_exits_2_with_one_line_for_a_bad_ratio(store):
+def test_the_command_exits_2_with_one_line_for_a_bad_ratio(store, experiment):
     from pipelines.mix import command
 
-    before = _run_count()
+    before = _run_count(experiment)
     result = CliRunner().invoke(command, ["--data", str(store["real"]), "--synthetic-data", str(store["synthetic"]), "--ratio", "1.5"])
     assert result.exit_code == 2
     assert "error: ratio 1.5 is outside [0, 1]; pass the synthetic fraction of the training set" in result.output
-    assert _run_count() == before
+    assert _run_count(experiment) == before
 
 
 def test_help_is_light_and_explains_every_option():
