@@ -147,10 +147,17 @@ def build_classifier(
     return model
 
 
-def last_conv_layer(model: nn.Module) -> nn.Module:
-    """The last convolutional block, where Grad-CAM looks."""
+def last_conv_layer(model: nn.Module, image_size: int | None = None) -> nn.Module:
+    """Where Grad-CAM looks: the deepest convolutional block whose map is still at least 4x4.
+
+    ResNet's layer4 is 1/32 of the input: 7x7 at 224 px but 1x1 at 28 px, where its
+    map says nothing about *where*; for small images an earlier block is used.
+    """
     if hasattr(model, "layer4"):
-        return model.layer4
+        for layer, stride in (("layer4", 32), ("layer3", 16), ("layer2", 8)):
+            if image_size is None or -(-image_size // stride) >= 4:  # ceil: 28 px gives layer2 4x4
+                return getattr(model, layer)
+        return model.layer1
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError("model has no convolution layer")

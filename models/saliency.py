@@ -15,6 +15,8 @@ train/eval mode, no hooks, no `.grad` written, the caller's tensor untouched.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -59,7 +61,7 @@ def saliency_maps(
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
 
     if method == "gradcam":
-        explainer = LayerGradCam(model, layer if layer is not None else last_conv_layer(model))
+        explainer = LayerGradCam(model, layer if layer is not None else last_conv_layer(model, min(inputs.shape[-2:])))
     else:
         explainer = IntegratedGradients(model)
         if baseline is None:
@@ -78,6 +80,12 @@ def saliency_maps(
                 chunk_targets = targets[start : start + batch_size]
                 if method == "gradcam":
                     coarse = explainer.attribute(chunk, target=chunk_targets, relu_attributions=True)
+                    if start == 0 and coarse.shape[-2:].numel() == 1:
+                        warnings.warn(
+                            f"Grad-CAM's layer is 1x1 for {height}x{width} px images, so its maps are blank; "
+                            "pass an earlier layer (e.g. model.layer3) or use larger images.",
+                            stacklevel=2,
+                        )
                     attribution = LayerAttribution.interpolate(coarse, (height, width), interpolate_mode="bilinear")
                     attribution = attribution.sum(dim=1)  # [n, 1, H, W] -> [n, H, W]
                 else:
@@ -116,7 +124,8 @@ def _scale_each_to_unit(maps: torch.Tensor) -> torch.Tensor:
     low = flat.min(dim=1, keepdim=True).values
     span = flat.max(dim=1, keepdim=True).values - low
     flat = flat - low
-    # spans below this are float noise around a flat map, not structure worth stretching
-    flat_enough = span <= 1e-12
-    scaled = torch.where(flat_enough, torch.zeros_like(flat), flat / span.clamp_min(1e-12))
+    # a span this small next to the values is rounding noise around a flat map (e.g. a
+    # 1x1 Grad-CAM upsampled), not structure worth stretching to [0, 1]
+    flat_enough = span <= 1e-5 * (span + low.abs())
+    scaled = torch.where(flat_enough, torch.zeros_like(flat), flat / span.clamp_min(1e-30))
     return scaled.clamp_(0.0, 1.0).reshape(maps.shape)

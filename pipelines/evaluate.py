@@ -246,6 +246,8 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
             log_figure(_heatmap(table, name), "robustness/accuracy.png")
 
         if panels:
+            from imaging.batches import to_model_input
+            from models.classifiers import last_conv_layer
             from models.saliency import saliency_maps
             from tracking.overlays import correct_incorrect_panel
 
@@ -255,11 +257,14 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
                 wrong = torch.nonzero(panel_predictions != labels).flatten()[:count]
                 chosen = torch.cat([right, wrong])
                 x = panel_images[chosen]
-                from imaging.batches import to_model_input
-
-                maps = saliency_maps(network, to_model_input(x.to(device), spec.mean, spec.std), panel_predictions[chosen].to(device), method=params["saliency_method"])
+                maps = saliency_maps(
+                    network, to_model_input(x.to(device), spec.mean, spec.std), panel_predictions[chosen].to(device),
+                    method=params["saliency_method"], layer=last_conv_layer(network, spec.image_size),
+                )
+                accuracy_here = float((panel_predictions == labels).float().mean())
                 figure = correct_incorrect_panel(
-                    x.permute(0, 2, 3, 1).numpy(), maps.cpu().numpy(), labels[chosen].numpy(), panel_predictions[chosen].numpy(), spec.classes, count
+                    x.permute(0, 2, 3, 1).numpy(), maps.cpu().numpy(), labels[chosen].numpy(), panel_predictions[chosen].numpy(), spec.classes, count,
+                    suptitle=f"{params['saliency_method']} of the predicted class · {panel_name} test images · accuracy {accuracy_here:.3f}",
                 )
                 log_figure(figure, f"saliency/{params['saliency_method']}_{panel_name}.png")
 

@@ -213,15 +213,17 @@ def test_a_model_blind_to_its_input_gets_blank_maps_not_nan(method):
     assert torch.equal(maps, torch.zeros(3, 8, 8))
 
 
-def test_gradcam_warns_when_its_layer_has_no_spatial_extent():
-    # ResNet18's layer4 is 1x1 on 28 px MNIST digits: say so instead of drawing blank maps silently
+def test_gradcam_picks_a_block_with_spatial_extent_and_warns_on_a_1x1_one():
+    # ResNet18's layer4 is 1x1 on 28 px MNIST digits: the default looks at layer2 (4x4) instead
     model = build_classifier("resnet18", 10, 1)
+    assert last_conv_layer(model, 28) is model.layer2 and last_conv_layer(model, 224) is model.layer4
     inputs = torch.randn(2, 1, 28, 28)
-    with pytest.warns(UserWarning, match="1x1 for 28x28 px.*model.layer3"):
-        blank = saliency_maps(model, inputs, torch.tensor([0, 1]))
+    maps = saliency_maps(model, inputs, torch.tensor([0, 1]))
+    assert torch.isfinite(maps).all() and maps.shape == (2, 28, 28)
+    assert all(float(m.max() - m.min()) > 0.5 for m in maps)  # not the flat map a 1x1 layer gives
+    with pytest.warns(UserWarning, match="1x1 for 28x28 px"):
+        blank = saliency_maps(model, inputs, torch.tensor([0, 1]), layer=model.layer4)
     assert torch.equal(blank, torch.zeros(2, 28, 28))
-    finer = saliency_maps(model, inputs, torch.tensor([0, 1]), layer=model.layer3)
-    assert torch.isfinite(finer).all() and finer.shape == (2, 28, 28)
 
 
 def test_unknown_method_names_the_valid_ones():
@@ -275,7 +277,7 @@ def test_correct_incorrect_panel_lays_out_rows_and_says_what_is_missing(tmp_path
     assert "true two / pred two" in texts and "true one / pred one" in texts
     assert "true one / pred two" in texts
     assert any("no more incorrect" in text for text in texts)
-    assert any("salt-and-pepper 0.1" in text and "4 correct, 1 incorrect of 5" in text for text in texts)
+    assert any("salt-and-pepper 0.1" in text and "showing 3 of 4 correct (top) and 1 of 1 incorrect" in text for text in texts)
 
 
 def test_tracking_overlays_needs_no_torch_or_models():

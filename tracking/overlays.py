@@ -83,7 +83,11 @@ def correct_incorrect_panel(
         axes[row, 0].text(-0.12, 0.5, kind, transform=axes[row, 0].transAxes, rotation=90,
                           ha="right", va="center", fontsize=10, color=colour)
     headline = suptitle or "saliency of correct and incorrect predictions"
-    counts = f"{int(is_correct.sum())} correct, {int((~is_correct).sum())} incorrect of {len(true_labels)}"
+    shown = {kind: len(indices) for kind, indices in rows.items()}
+    counts = (
+        f"showing {shown['correct']} of {int(is_correct.sum())} correct (top) "
+        f"and {shown['incorrect']} of {int((~is_correct).sum())} incorrect (bottom) predictions"
+    )
     _finish(fig, axes, f"{headline}\n{counts}")
     return fig
 

@@ -133,9 +133,9 @@ class TrainedGenerator(nn.Module):
         super().__init__()
         self.config = dict(config)
         self.num_classes = int(config["num_classes"])
-        self.channels = int(config["channels"])
-        self.height = int(config["height"])
-        self.width = int(config["width"])
+        self.channels = int(config["image_channels"])
+        self.height = int(config["image_height"])
+        self.width = int(config["image_width"])
 
     @property
     def device(self) -> torch.device:

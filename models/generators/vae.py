@@ -17,7 +17,7 @@ DEFAULTS = dict(
     epochs=30,  # passes over the train split; ~2.5 min for 4,000 28x28 images on 2 CPU cores
     batch_size=64,
     lr=2e-3,  # Adam
-    width=32,  # channels of the first conv; the second has 2x
+    base_channels=32,  # channels of the first conv; the second has 2x
     latent_dim=16,
     kl_weight=1.0,  # beta: 1 is the plain ELBO
     temperature=1.0,  # std of z when sampling; < 1 trades diversity for cleaner images
@@ -29,7 +29,7 @@ class VAE(TrainedGenerator):
 
     def __init__(self, config: dict):
         super().__init__(config)
-        width, latent, k = config["width"], config["latent_dim"], self.num_classes
+        width, latent, k = config["base_channels"], config["latent_dim"], self.num_classes
         self.pad_h, self.pad_w = padded_size(self.height, 4), padded_size(self.width, 4)
         self.base_h, self.base_w = self.pad_h // 4, self.pad_w // 4
         flat = 2 * width * self.base_h * self.base_w
@@ -73,7 +73,7 @@ def build(config: dict) -> VAE:
 
 def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, progress) -> VAE:
     _, channels, height, width = images_uint8.shape
-    config = dict(hyper, num_classes=num_classes, channels=channels, height=height, width=width)
+    config = dict(hyper, num_classes=num_classes, image_channels=channels, image_height=height, image_width=width)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = VAE(config).to(device)
