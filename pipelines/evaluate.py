@@ -130,7 +130,7 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
     from pipelines._cli import resolve_device
     from pipelines.train import load_training_manifest
     from tracking.figures import confusion_matrix_figure, confusion_matrix_json, image_grid, log_figure
-    from tracking.runs import get_run, quiet_mlflow, stage_run
+    from tracking.runs import get_run, quiet_mlflow, run_params, stage_run
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
@@ -143,7 +143,7 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
     train_params: dict = {}
     if optional(params["train_run"]):
         train_run = get_run(params["train_run"], "train_run")
-        train_params = dict(train_run.data.params)
+        train_params = run_params(train_run)
         model_uri = optional(params["model_uri"]) or f"runs:/{train_run.info.run_id}/model"
     elif optional(params["model_uri"]):
         model_uri = params["model_uri"]

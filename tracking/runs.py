@@ -129,6 +129,13 @@ def get_run(run_id: str, what: str = "run"):
         raise InputError(f"{what} {run_id!r} is not in the tracking store {mlflow.get_tracking_uri()}; check the id, or set MLFLOW_TRACKING_URI to the store that holds it.") from error
 
 
+def run_params(run) -> dict[str, str]:
+    """A run's parameters as the stage resolved them (resolved.<name> over what `mlflow run` logged)."""
+    params = {k: v for k, v in run.data.params.items() if not k.startswith("resolved.")}
+    params.update({k.removeprefix("resolved."): v for k, v in run.data.params.items() if k.startswith("resolved.")})
+    return params
+
+
 def has_artifact(run_id: str, path: str) -> bool:
     folder, _, name = path.rpartition("/")
     try:
