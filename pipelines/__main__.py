@@ -10,6 +10,7 @@ STAGES = {
     "main": "Run the study on one dataset: train, then evaluate (reusing finished runs).",
     "train": "Train a classifier on a dataset and log it as an MLflow model.",
     "evaluate": "Score a trained classifier on a dataset's test split, clean and corrupted.",
+    "synthesize": "Train or load a generator (DCGAN, VAE, DDPM, Stable Diffusion) and write N images per class.",
     "corrupt": "Write a corrupted copy of one split (salt-and-pepper, gradient noise, blend, ImageNet-C).",
     "mix": "Build a training manifest of real + synthetic images at a synthetic fraction (no images copied).",
 }
