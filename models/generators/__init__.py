@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from models.generators.base import EpochCallback, TrainedGenerator, image_seed
+from models.generators.base import EpochCallback, TrainedGenerator, check_training_data, image_seed
 
 GENERATORS_TRAINED = ("dcgan", "vae", "ddpm")
 # Meets the mnist5k goal (train <= 3 min on 2 CPU cores, CAS >= 0.80) with the
@@ -77,6 +77,7 @@ def train_generator(
         if value is not None:
             hyper[name] = value
     labels = torch.as_tensor(labels, dtype=torch.long)
+    check_training_data(images_uint8, labels, int(num_classes))
     return module.train(images_uint8, labels, int(num_classes), hyper=hyper, seed=seed, device=torch.device(device), on_epoch=on_epoch, progress=progress)
 
 

@@ -32,15 +32,17 @@ class Discriminator(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.features = nn.Sequential(
-            nn.Conv2d(channels + num_classes, width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
-            nn.Flatten(),
+            nn.Conv2d(channels + num_classes, width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Dropout(0.3),
+            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2), nn.Dropout(0.3),
         )
-        self.score = nn.Linear(flat, 1)
+        self.score = nn.Linear(flat + flat // (2 * width), 1)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         maps = F.one_hot(labels, self.num_classes).float()[:, :, None, None].expand(-1, -1, *x.shape[-2:])
-        return self.score(self.features(torch.cat([x, maps], 1))).squeeze(1)
+        h = self.features(torch.cat([x, maps], 1))
+        # minibatch standard deviation (Karras et al. 2018): lets D see a batch that lacks variety
+        spread = h.std(dim=0, keepdim=True).mean(dim=1, keepdim=True).expand(len(h), 1, *h.shape[-2:])
+        return self.score(torch.cat([h.flatten(1), spread.flatten(1)], 1)).squeeze(1)
 
 
 class DCGAN(TrainedGenerator):

@@ -1,0 +1,206 @@
+"""Trained generators (dcgan, vae, ddpm) and the Stable Diffusion wrappers, on
+tiny random data and a tiny random pipeline built here: no downloads."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from imaging.errors import InputError
+from models.generators import GENERATORS_TRAINED, image_seed, load_generator, train_generator
+from tests.tiny_sd import build_tiny_sd, install_fake_safety_checker
+
+# per kind: the smallest architecture that still exercises every layer type
+TINY = {
+    "dcgan": dict(base_channels=8, latent_dim=8, embed_dim=4),
+    "vae": dict(base_channels=8, latent_dim=4),
+    "ddpm": dict(block_channels=(8, 16), steps=2),
+}
+SHAPES = {"grey28": (1, 28, 28, 10), "rgb32": (3, 32, 32, 3)}  # channels, height, width, classes
+
+
+def tiny_data(channels: int, height: int, width: int, classes: int, n: int = 64):
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % classes
+    # each class a different brightness, so the data has something to learn
+    base = (labels.float() + 1) / (classes + 1) * 255
+    noise = torch.rand((n, channels, height, width), generator=generator) * 60 - 30
+    images = (base[:, None, None, None] + noise).clamp(0, 255).to(torch.uint8)
+    return images, labels
+
+
+@pytest.fixture(scope="module", params=[(kind, shape) for kind in GENERATORS_TRAINED for shape in SHAPES], ids=lambda p: f"{p[0]}-{p[1]}")
+def trained(request):
+    kind, shape = request.param
+    channels, height, width, classes = SHAPES[shape]
+    images, labels = tiny_data(channels, height, width, classes)
+    epochs_seen: list[tuple[int, dict]] = []
+    model = train_generator(
+        kind, images, labels, classes, epochs=1, batch_size=32, seed=0, progress=False,
+        on_epoch=lambda epoch, metrics: epochs_seen.append((epoch, metrics)), **TINY[kind],
+    )
+    return kind, model, (channels, height, width, classes), epochs_seen
+
+
+def test_samples_have_the_shape_dtype_and_range_of_the_data(trained):
+    kind, model, (channels, height, width, classes), _ = trained
+    labels = torch.tensor([0, classes - 1, 1, 0, 2])
+    images = model.sample(labels, seed=3)
+    assert images.shape == (5, channels, height, width)
+    assert images.dtype == torch.uint8 and images.device.type == "cpu"
+    assert images.float().std() > 0  # not a constant image
+
+
+def test_sampling_is_deterministic_per_seed_and_per_image(trained):
+    _, model, (_, _, _, classes), _ = trained
+    labels = torch.tensor([0, 1, 2, 0, 1, 2]) % classes
+    first = model.sample(labels, seed=7)
+    assert torch.equal(first, model.sample(labels, seed=7))
+    assert not torch.equal(first, model.sample(labels, seed=8))
+    # image i depends on (seed, i, label), not on the batch it was drawn in
+    in_pairs = model.sample(labels, seed=7, batch_size=2)
+    assert (in_pairs.int() - first.int()).abs().max() <= 1
+
+
+def test_on_epoch_gets_finite_namespaced_metrics(trained):
+    kind, _, _, epochs_seen = trained
+    assert [epoch for epoch, _ in epochs_seen] == [0]
+    metrics = epochs_seen[0][1]
+    expected = {"dcgan": {"gen/loss_d", "gen/loss_g"}, "vae": {"gen/loss", "gen/kl"}, "ddpm": {"gen/loss"}}[kind]
+    assert expected <= set(metrics)
+    assert all(math.isfinite(value) for value in metrics.values())
+
+
+def test_checkpoint_rebuilds_the_same_generator(trained, tmp_path):
+    kind, model, (channels, height, width, classes), _ = trained
+    path = model.save(tmp_path / "generator.pt")
+    loaded = load_generator(path)
+    assert loaded.kind == kind and (loaded.channels, loaded.height, loaded.width, loaded.num_classes) == (channels, height, width, classes)
+    labels = torch.arange(4) % classes
+    assert torch.equal(loaded.sample(labels, seed=1), model.sample(labels, seed=1))
+
+
+def test_ddpm_samplers_all_run_and_ancestral_sampling_is_seeded():
+    images, labels = tiny_data(1, 28, 28, 10, n=32)
+    model = train_generator("ddpm", images, labels, 10, epochs=1, batch_size=32, progress=False, **TINY["ddpm"])
+    labels = torch.tensor([0, 1])
+    by_scheduler = {name: model.sample(labels, seed=0, steps=3, scheduler=name) for name in ("dpm", "ddim", "ddpm")}
+    assert all(images.shape == (2, 1, 28, 28) for images in by_scheduler.values())
+    assert not torch.equal(by_scheduler["ddim"], by_scheduler["ddpm"])  # ancestral sampling adds fresh noise
+    assert torch.equal(by_scheduler["ddpm"], model.sample(labels, seed=0, steps=3, scheduler="ddpm"))
+    with pytest.raises(ValueError, match="unknown scheduler 'euler'"):
+        model.sample(labels, seed=0, scheduler="euler")
+
+
+def test_bad_labels_and_kinds_are_rejected():
+    images, labels = tiny_data(1, 28, 28, 10, n=8)
+    with pytest.raises(ValueError, match="unknown generator kind"):
+        train_generator("gan", images, labels, 10)
+    with pytest.raises(ValueError, match="labels must lie in 0..4"):
+        train_generator("vae", images, labels, 5, epochs=1)
+    with pytest.raises(ValueError, match="no option"):
+        train_generator("vae", images, labels, 10, epochs=1, block_channels=(8,))
+
+
+def test_image_seed_separates_seed_and_index():
+    seeds = {image_seed(seed, index) for seed in range(20) for index in range(20)}
+    assert len(seeds) == 400
+    assert all(0 <= value < 2**63 for value in seeds)
+
+
+# ---- Stable Diffusion wrappers, on a tiny random pipeline ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_folder(tmp_path_factory):
+    return build_tiny_sd(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="module")
+def text2img(tiny_sd_folder):
+    from models.generators.diffusion import load_text2img
+
+    return load_text2img(tiny_sd_folder)
+
+
+def test_text2img_makes_one_image_per_prompt_and_seed(text2img):
+    from models.generators.diffusion import generate_text2img
+
+    prompts = ["a photo of the digit one", "a photo of the digit two", "a photo of the digit one"]
+    results = generate_text2img(text2img, prompts, [11, 12, 11], steps=2, batch_size=2, progress=False)
+    assert [(image.size, image.mode, flagged) for image, flagged in results] == [((32, 32), "RGB", False)] * 3
+    pixels = [np.asarray(image) for image, _ in results]
+    # same prompt and seed -> the same image, though drawn in a different batch
+    assert np.array_equal(pixels[0], pixels[2])
+    assert not np.array_equal(pixels[0], pixels[1])
+    again = generate_text2img(text2img, prompts[1:2], [12], steps=2, progress=False)
+    assert np.array_equal(np.asarray(again[0][0]), pixels[1])
+
+
+def test_img2img_keeps_the_source_size_and_is_seeded(tiny_sd_folder):
+    from PIL import Image
+
+    from models.generators.diffusion import generate_img2img, load_img2img
+
+    pipe = load_img2img(tiny_sd_folder, scheduler="dpm")
+    assert type(pipe).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    sources = [Image.new("L", (32, 32), 40), Image.new("L", (32, 32), 200)]
+    results = generate_img2img(pipe, sources, ["snow", "snow"], [1, 2], strength=0.5, steps=4, progress=False)
+    assert [image.size for image, _ in results] == [(32, 32), (32, 32)]
+    again = generate_img2img(pipe, sources[:1], ["snow"], [1], strength=0.5, steps=4, progress=False)
+    assert np.array_equal(np.asarray(again[0][0]), np.asarray(results[0][0]))
+    with pytest.raises(InputError, match="strength"):
+        generate_img2img(pipe, sources[:1], ["snow"], [1], strength=0.0)
+
+
+def test_flagged_images_come_back_black_and_marked(text2img):
+    from models.generators.diffusion import generate_text2img
+
+    prompts, seeds = ["a photo of six"] * 4, [0, 1, 2, 3]
+    clean = generate_text2img(text2img, prompts, seeds, steps=2, progress=False)
+    brightness = sorted(np.asarray(image).mean() / 255 for image, _ in clean)
+    threshold = (brightness[1] + brightness[2]) / 2  # the two brightest get flagged
+    install_fake_safety_checker(text2img, threshold)
+    try:
+        results = generate_text2img(text2img, prompts, seeds, steps=2, progress=False)
+    finally:
+        text2img.safety_checker = None
+        text2img.feature_extractor = None
+    assert sum(flagged for _, flagged in results) == 2
+    for (image, flagged), (clean_image, _) in zip(results, clean):
+        assert flagged == (np.asarray(clean_image).mean() / 255 > threshold)
+        assert (np.asarray(image).max() == 0) == flagged
+
+
+def test_saved_safety_checker_is_loaded_and_flags(tmp_path):
+    from models.generators.diffusion import generate_text2img, load_text2img
+
+    pipe = load_text2img(build_tiny_sd(tmp_path / "checked", safety_checker=True))
+    assert type(pipe.safety_checker).__name__ == "StableDiffusionSafetyChecker"
+    results = generate_text2img(pipe, ["a photo of one"], [0], steps=1, progress=False)
+    assert results[0][1] is True and np.asarray(results[0][0]).max() == 0
+
+
+def test_uncached_hub_id_offline_says_what_to_do(monkeypatch, tmp_path):
+    from models.generators.diffusion import load_text2img
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    with pytest.raises(InputError, match=r"'synthmix-tests/no-such-model' is not in the local Hugging Face cache and synthmix is offline; pass a local folder saved with save_pretrained"):
+        load_text2img("synthmix-tests/no-such-model")
+
+
+def test_missing_or_non_diffusers_folder_is_named(tmp_path):
+    from models.generators.diffusion import load_img2img, load_text2img
+
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(InputError, match=f"model {missing} is not a folder"):
+        load_text2img(str(missing))
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(InputError, match="has no model_index.json"):
+        load_img2img(tmp_path / "plain")
+    with pytest.raises(InputError, match="--scheduler 'fast' is not known; choose one of ddim, dpm"):
+        load_text2img(tmp_path / "plain", scheduler="fast")
