@@ -1,0 +1,134 @@
+"""The synthesize stage, run for real: a tiny Stable Diffusion pipeline built
+here (text-to-image, image-to-image, safety checker) and trained generators."""
+from __future__ import annotations
+
+import io
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import run_cli, runs_of
+from imaging.errors import InputError
+from pipelines.synthesize import synthesize
+from tiny_sd import build_tiny_sd, install_fake_safety_checker
+
+QUICK = {"per_class": 2, "steps": 2, "quality": False, "sd_batch_size": 3}
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    return build_tiny_sd(tmp_path_factory.mktemp("sd") / "tiny-sd")
+
+
+def image_bytes(run_id: str, path: str) -> bytes:
+    return open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path), "rb").read()
+
+
+def test_text2img_writes_each_class_in_the_real_format_with_prompts_and_seeds(tiny_folder, tiny_sd, experiment, tmp_path):
+    prompt_file = tmp_path / "prompts.yaml"
+    prompt_file.write_text("bee: a macro photo of a bee on a flower\n")
+    params = {"data": str(tiny_folder), "generator": "stable-diffusion", "model_id": str(tiny_sd), "prompt": "a photo of a {label}", "prompt_file": str(prompt_file), **QUICK}
+    result = synthesize(params)
+    frame = result["manifest"].frame
+    assert frame.groupby("label").size().to_dict() == {"ant": 2, "bee": 2, "cat": 2}
+    assert set(frame["prompt"]) == {"a photo of a ant", "a macro photo of a bee on a flower", "a photo of a cat"}
+    assert (frame["source"] == "synthetic").all() and (frame["run_id"] == result["run_id"]).all() and (frame["split"] == "train").all()
+    assert frame["seed"].nunique() == 6
+    for path in frame["path"]:
+        image = Image.open(io.BytesIO(image_bytes(result["run_id"], path)))
+        assert image.format == "PNG" and image.mode == "L" and image.size == (16, 16)  # like the real images
+    logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="dataset/manifest.csv"))
+    assert logged["sha256"].tolist() == frame["sha256"].tolist()
+    run = MlflowClient().get_run(result["run_id"])
+    assert run.data.tags["synthmix.generator"] == "stable-diffusion" and run.data.metrics["perf/imgs_per_s"] > 0
+    assert {a.path for a in MlflowClient().list_artifacts(result["run_id"], "samples")} == {"samples/ant.png", "samples/bee.png", "samples/cat.png"}
+    again = synthesize(params)
+    assert again["manifest"].frame["sha256"].tolist() == frame["sha256"].tolist()  # same seed, same bytes
+    other = synthesize({**params, "seed": 1})
+    assert other["manifest"].frame["sha256"].tolist() != frame["sha256"].tolist()
+
+
+def test_img2img_records_the_real_train_image_each_output_came_from(tiny_folder, tiny_sd, experiment):
+    result = synthesize({"data": str(tiny_folder), "generator": "img2img", "model_id": str(tiny_sd), "prompt": "{label} in heavy snow", "strength": 0.5, **QUICK})
+    frame = result["manifest"].frame
+    manifest = __import__("imaging.datasets", fromlist=["scan_folder"]).scan_folder(tiny_folder)[0]
+    train_paths = dict(zip(manifest.frame["path"], manifest.frame["split"]))
+    for _, row in frame.iterrows():
+        assert train_paths[row["source_image"]] == "train" and row["source_image"].startswith(row["label"] + "/")
+        assert row["prompt"] == f"{row['label']} in heavy snow"
+    assert frame.groupby("label")["source_image"].nunique().to_dict() == {"ant": 2, "bee": 2, "cat": 2}
+
+
+def test_images_the_safety_checker_blanks_are_dropped_counted_and_replaced(tiny_folder, tiny_sd, experiment, monkeypatch):
+    import models.generators.diffusion as diffusion
+
+    loader = diffusion.load_text2img
+    threshold = {"value": 2.0}  # brightness above which the fake checker blanks an image; 2.0 = never
+    seen = []
+
+    def with_checker(*args, **kwargs):
+        pipe = loader(*args, **kwargs)
+        checker = install_fake_safety_checker(pipe, threshold=threshold["value"])
+        forward = checker.forward
+
+        def recording(images, clip_input):
+            seen.extend(float((torch.as_tensor(image).float().mean() + 1) / 2) for image in images)
+            return forward(images, clip_input)
+
+        checker.forward = recording
+        return pipe
+
+    monkeypatch.setattr(diffusion, "load_text2img", with_checker)
+    params = {"data": str(tiny_folder), "generator": "stable-diffusion", "model_id": str(tiny_sd), **QUICK, "per_class": 4}
+    probe = synthesize(params)
+    assert MlflowClient().get_run(probe["run_id"]).data.metrics["synth/safety_dropped"] == 0
+    threshold["value"] = float(np.quantile(seen, 0.75))  # blank the brightest quarter
+    result = synthesize(params)
+    metrics = MlflowClient().get_run(result["run_id"]).data.metrics
+    assert metrics["synth/safety_dropped"] >= 2
+    frame = result["manifest"].frame
+    assert frame.groupby("label").size().to_dict() == {"ant": 4, "bee": 4, "cat": 4}
+    changed = [a != b for a, b in zip(frame["seed"], probe["manifest"].frame["seed"])]
+    assert sum(changed) >= 2 and not all(changed)  # only the blanked images were drawn again, with new seeds
+    for path in frame["path"]:
+        assert np.asarray(Image.open(io.BytesIO(image_bytes(result["run_id"], path)))).max() > 0  # no blanked image kept
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "vae", "ddpm"])
+def test_trained_generator_logs_curves_checkpoint_quality_and_samples_again_from_its_run(kind, tiny_folder, experiment):
+    params = {"data": str(tiny_folder), "generator": kind, "epochs": 1, "per_class": 5, "steps": 2, "quality_epochs": 1}
+    result = synthesize(params)
+    run_id = result["run_id"]
+    run = MlflowClient().get_run(run_id)
+    curves = [key for key in run.data.metrics if key.startswith("gen/")]
+    assert curves and all([m.step for m in MlflowClient().get_metric_history(run_id, key)] == [0] for key in curves)
+    assert 0 <= run.data.metrics["synth/cas"] <= 1 and 0 <= run.data.metrics["synth/detectability"] <= 1 and run.data.metrics["synth/fid"] >= 0
+    assert {a.path for a in MlflowClient().list_artifacts(run_id, "generator")} >= {"generator/generator.pt"}
+    frame = result["manifest"].frame
+    assert frame.groupby("label").size().to_dict() == {"ant": 5, "bee": 5, "cat": 5}
+    image = Image.open(io.BytesIO(image_bytes(run_id, frame["path"][0])))
+    assert image.mode == "L" and image.size == (16, 16)
+    resampled = synthesize({**params, "generator_run": run_id, "quality": False})
+    assert resampled["manifest"].frame["sha256"].tolist() == frame["sha256"].tolist()
+    assert "gen/loss" not in MlflowClient().get_run(resampled["run_id"]).data.metrics  # not retrained
+
+
+def test_bad_synthesis_input_is_refused_before_any_run(tiny_folder, experiment, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    result = run_cli("synthesize", "--data", str(tiny_folder), "--generator", "stable-diffusion", "--model-id", "someone/not-cached-model")
+    assert result.returncode == 2
+    assert "not" in result.stderr and "save_pretrained" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(InputError, match="--generator stable-diffusion needs --model-id"):
+        synthesize({"data": str(tiny_folder), "generator": "stable-diffusion"})
+    with pytest.raises(InputError, match=r"model .*nothing is not a folder; pass a folder written by"):
+        synthesize({"data": str(tiny_folder), "generator": "img2img", "model_id": str(tmp_path / "nothing")})
+    with pytest.raises(InputError, match=r"--prompt 'a \{kind\}' has a placeholder other than \{label\}"):
+        synthesize({"data": str(tiny_folder), "generator": "stable-diffusion", "model_id": "x/y", "prompt": "a {kind}"})
+    with pytest.raises(InputError, match="generator_run 'nope' is not in the tracking store"):
+        synthesize({"data": str(tiny_folder), "generator": "vae", "generator_run": "nope"})
+    assert runs_of(experiment) == []
