@@ -9,7 +9,7 @@ labels [N] in 0..K-1): `dcgan`, `vae`, `ddpm`, one module each. All share
 Pretrained Stable Diffusion (text-to-image and image-to-image) lives in
 `models.generators.diffusion`.
 
-The default, and why, is measured by `benchmarks/synthesis_models.py`.
+The default, and why, is measured by `benchmarks/synthesis.py`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from models.generators.base import EpochCallback, TrainedGenerator, check_traini
 
 GENERATORS_TRAINED = ("dcgan", "vae", "ddpm")
 # Meets the mnist5k goal (train <= 3 min on 2 CPU cores, CAS >= 0.80) with the
-# best CAS of the three; see benchmarks/synthesis_models.py for the numbers.
+# best CAS of the three; see benchmarks/synthesis.py for the numbers.
 DEFAULT_GENERATOR = "vae"
 
 __all__ = [
