@@ -253,8 +253,10 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
 
             count = params["saliency"]
             for panel_name, panel_images, panel_predictions in panels:
-                right = torch.nonzero(panel_predictions == labels).flatten()[:count]
-                wrong = torch.nonzero(panel_predictions != labels).flatten()[:count]
+                # a seeded shuffle, so the panel shows many classes rather than the first few
+                shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(params["seed"]))
+                right = shuffled[(panel_predictions == labels)[shuffled]][:count]
+                wrong = shuffled[(panel_predictions != labels)[shuffled]][:count]
                 chosen = torch.cat([right, wrong])
                 x = panel_images[chosen]
                 maps = saliency_maps(
