@@ -146,7 +146,7 @@ def main() -> None:
     print(f"{'bare PyTorch loop (train + val pass)':<44}{bare:>10.1f}{bare_acc:>10.3f}{1:>8.3f}")
     print(f"{'train stage (MLflow, checkpoints, val, bars)':<44}{stage:>10.1f}{stage_acc:>10.3f}{stage / bare:>8.3f}")
 
-    print(f"\n(b) one epoch of normalised batches of mnist5k train (4,000 PNGs), batch 128")
+    print("\n(b) one epoch of normalised batches of mnist5k train (4,000 PNGs), batch 128")
     print(f"{'size':<8}{'tensor cache (s)':>18}{'ImageFolder+DataLoader (s)':>28}{'speed-up':>10}")
     for size in (28, 32):
         ours, theirs = cache_epoch_seconds(size), imagefolder_epoch_seconds(size, args.workers)

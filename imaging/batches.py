@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 

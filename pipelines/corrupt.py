@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import add_options, data_options, handle_errors
+from pipelines._cli import DATA_DEFAULTS, add_options, data_options, handle_errors
 
 DEFAULTS = {
     "data": "mnist5k",
@@ -23,11 +23,7 @@ DEFAULTS = {
     "level": -1.0,
     "split": "test",
     "seed": 0,
-    "val_fraction": 0.1,
-    "test_fraction": 0.1,
-    "split_seed": 0,
-    "skip_bad_images": False,
-    "max_pixels": 89_478_485,
+    **DATA_DEFAULTS,
 }
 CHUNK = 256  # images decoded and corrupted together
 

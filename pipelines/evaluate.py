@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import add_options, data_kwargs, data_options, device_option, handle_errors, optional
+from pipelines._cli import DATA_DEFAULTS, add_options, data_options, device_option, handle_errors, optional
 
 DEFAULTS = {
     "train_run": "",
@@ -30,11 +30,7 @@ DEFAULTS = {
     "saliency": 0,
     "saliency_method": "gradcam",
     "seed": 0,
-    "val_fraction": 0.1,
-    "test_fraction": 0.1,
-    "split_seed": 0,
-    "skip_bad_images": False,
-    "max_pixels": 89_478_485,
+    **DATA_DEFAULTS,
 }
 
 
@@ -113,11 +109,8 @@ def _baseline_errors(run_id: str, kinds: list[str], severities: list[int]) -> di
 
 
 def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None, reuse_finished: bool = False) -> dict:
-    import tempfile
-    from pathlib import Path
 
     import mlflow
-    import numpy as np
     import pandas as pd
     import torch
     from sklearn.metrics import classification_report, confusion_matrix, f1_score
@@ -277,7 +270,6 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
 
 def _heatmap(table, title: str):
     import matplotlib.pyplot as plt
-    import numpy as np
 
     values = table.to_numpy(dtype=float)
     fig, ax = plt.subplots(figsize=(1.1 * values.shape[1] + 3, 0.42 * values.shape[0] + 1.8))

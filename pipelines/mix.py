@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import add_options, data_kwargs, data_options, handle_errors, optional
+from pipelines._cli import DATA_DEFAULTS, add_options, data_kwargs, data_options, handle_errors, optional
 
 DEFAULTS = {
     "data": "mnist5k",
@@ -32,11 +32,7 @@ DEFAULTS = {
     "mode": "replace",
     "convert": False,
     "seed": 0,
-    "val_fraction": 0.1,
-    "test_fraction": 0.1,
-    "split_seed": 0,
-    "skip_bad_images": False,
-    "max_pixels": 89_478_485,
+    **DATA_DEFAULTS,
 }
 MODES = ("replace", "add")  # as imaging.mixing.MODES, repeated so --help needs no pandas
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import add_options, data_options, device_option, handle_errors, optional
+from pipelines._cli import DATA_DEFAULTS, add_options, data_options, device_option, handle_errors, optional
 
 GENERATORS = ("dcgan", "vae", "ddpm", "stable-diffusion", "img2img")
 DEFAULT_PROMPT = "A photorealistic, highly detailed 8K photograph of a {label} in various settings and poses, natural lighting, sharp focus"
@@ -51,11 +51,7 @@ DEFAULTS = {
     "quality_epochs": 5,
     "seed": 0,
     "device": "auto",
-    "val_fraction": 0.1,
-    "test_fraction": 0.1,
-    "split_seed": 0,
-    "skip_bad_images": False,
-    "max_pixels": 89_478_485,
+    **DATA_DEFAULTS,
 }
 MAX_SAFETY_RETRIES = 5  # new seeds tried for an image the safety checker blanked
 

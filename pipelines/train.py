@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import add_options, data_kwargs, data_options, device_option, handle_errors, optional
+from pipelines._cli import DATA_DEFAULTS, add_options, data_kwargs, data_options, device_option, handle_errors, optional
 
 DEFAULTS = {
     "data": "mnist5k",
@@ -37,11 +37,7 @@ DEFAULTS = {
     "device": "auto",
     "workers": 2,
     "resume_run": "",
-    "val_fraction": 0.1,
-    "test_fraction": 0.1,
-    "split_seed": 0,
-    "skip_bad_images": False,
-    "max_pixels": 89_478_485,
+    **DATA_DEFAULTS,
 }
 # parameters that do not change what is computed: left out of the config hash
 NOT_HASHED = ("device", "workers", "resume_run")

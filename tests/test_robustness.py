@@ -11,7 +11,6 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from conftest import make_folder, run_cli, runs_of, write_image
-from imaging.corruptions import replaced_pixels
 from imaging.datasets import scan_folder
 from imaging.errors import InputError
 from imaging.images import decode

@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import spectral_norm
 
 from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, train_loop
 

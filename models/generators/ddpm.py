@@ -25,7 +25,8 @@ DEFAULTS = dict(
     lr=2e-3,  # AdamW, cosine decay to 0 over training
     block_channels=(32, 64, 64),  # UNet block widths; len - 1 downsamplings
     train_timesteps=1000,
-    beta_schedule="linear",  # DDPMScheduler's schedule (linear: Ho et al. 2020)
+    beta_schedule="squaredcos_cap_v2",  # DDPMScheduler's noise schedule: cosine (Nichol & Dhariwal 2021)
+    prediction_type="v_prediction",  # the UNet predicts v (Salimans & Ho 2022): well-conditioned at every t, so few-step samplers stay stable
     label_dropout=0.1,  # share of training labels replaced by the "no class" token
     guidance=2.0,  # classifier-free guidance weight when sampling (0: plain conditional)
     scheduler="dpm",  # default sampler: dpm, ddim or ddpm
@@ -63,7 +64,12 @@ class DDPM(TrainedGenerator):
     def training_scheduler(self):
         from diffusers import DDPMScheduler
 
-        return DDPMScheduler(num_train_timesteps=int(self.config["train_timesteps"]), beta_schedule=self.config["beta_schedule"])
+        return DDPMScheduler(
+            num_train_timesteps=int(self.config["train_timesteps"]),
+            beta_schedule=self.config["beta_schedule"],
+            prediction_type=self.config["prediction_type"],
+            timestep_spacing="trailing",  # few-step samplers start at t = T, where the noise is pure
+        )
 
     def sampling_scheduler(self, name: str):
         from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -73,7 +79,7 @@ class DDPM(TrainedGenerator):
             raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
         return classes[name].from_config(self.training_scheduler().config)
 
-    def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.unet(noisy, timesteps, class_labels=labels).sample
 
     def sample_batch(self, labels, generators, steps=None, scheduler: str | None = None, guidance: float | None = None):
@@ -86,11 +92,11 @@ class DDPM(TrainedGenerator):
         for t in sampler.timesteps:
             model_input = sampler.scale_model_input(x, t)
             if guidance > 0:
-                conditional, unconditional = self.predict_noise(model_input.repeat(2, 1, 1, 1), t, torch.cat([labels, no_class])).chunk(2)
-                noise = unconditional + (1 + guidance) * (conditional - unconditional)
+                conditional, unconditional = self.predict(model_input.repeat(2, 1, 1, 1), t, torch.cat([labels, no_class])).chunk(2)
+                prediction = unconditional + (1 + guidance) * (conditional - unconditional)
             else:
-                noise = self.predict_noise(model_input, t, labels)
-            x = sampler.step(noise, t, x, generator=generators).prev_sample
+                prediction = self.predict(model_input, t, labels)
+            x = sampler.step(prediction, t, x, generator=generators).prev_sample
         return crop_to(x, self.height, self.width)
 
 
@@ -123,7 +129,8 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x),), generator=rng, device=device)
         drop = torch.rand(len(y), generator=rng, device=device) < hyper["label_dropout"]
         y = torch.where(drop, torch.full_like(y, num_classes), y)
-        loss = F.mse_loss(model.predict_noise(noise_scheduler.add_noise(x, noise, timesteps), timesteps, y), noise)
+        target = noise if hyper["prediction_type"] == "epsilon" else noise_scheduler.get_velocity(x, noise, timesteps)
+        loss = F.mse_loss(model.predict(noise_scheduler.add_noise(x, noise, timesteps), timesteps, y), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)
