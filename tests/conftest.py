@@ -41,6 +41,7 @@ def experiment(monkeypatch):
     name = f"test-{uuid.uuid4().hex[:10]}"
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", name)
     experiment_id = mlflow.set_experiment(name).experiment_id
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", experiment_id)  # set_experiment sets it too; undone after the test
     yield experiment_id
     if mlflow.active_run():
         mlflow.end_run()
@@ -95,5 +96,5 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subproce
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env={**{k: v for k, v in os.environ.items() if not (env and "MLFLOW_EXPERIMENT_NAME" in env and k == "MLFLOW_EXPERIMENT_ID")}, **(env or {})},
     )
