@@ -10,7 +10,7 @@ import torch
 
 from imaging.errors import InputError
 from models.generators import GENERATORS_TRAINED, image_seed, load_generator, train_generator
-from tests.tiny_sd import build_tiny_sd, install_fake_safety_checker
+from tiny_sd import build_tiny_sd, install_fake_safety_checker
 
 # per kind: the smallest architecture that still exercises every layer type
 TINY = {

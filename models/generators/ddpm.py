@@ -1,6 +1,7 @@
 """Class-conditional denoising diffusion: a small `diffusers.UNet2DModel` with a
-class embedding, trained to predict the noise that `DDPMScheduler` added
-(1000 training timesteps, MSE). With `label_dropout` > 0 the label is replaced
+class embedding, trained on images noised by `DDPMScheduler` (1000 training
+timesteps, cosine schedule) to predict v = sqrt(a) noise - sqrt(1 - a) image
+(or the noise itself with prediction_type="epsilon"), MSE. With `label_dropout` > 0 the label is replaced
 by a "no class" token (index num_classes) that often, which lets sampling use
 classifier-free guidance (`guidance` > 0).
 
