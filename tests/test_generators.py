@@ -45,7 +45,7 @@ def trained(request):
 
 
 def test_samples_have_the_shape_dtype_and_range_of_the_data(trained):
-    kind, model, (channels, height, width, classes), _ = trained
+    _, model, (channels, height, width, classes), _ = trained
     labels = torch.tensor([0, classes - 1, 1, 0, 2])
     images = model.sample(labels, seed=3)
     assert images.shape == (5, channels, height, width)
@@ -170,7 +170,7 @@ def test_flagged_images_come_back_black_and_marked(text2img):
         text2img.safety_checker = None
         text2img.feature_extractor = None
     assert sum(flagged for _, flagged in results) == 2
-    for (image, flagged), (clean_image, _) in zip(results, clean):
+    for (image, flagged), (clean_image, _) in zip(results, clean, strict=True):
         assert flagged == (np.asarray(clean_image).mean() / 255 > threshold)
         assert (np.asarray(image).max() == 0) == flagged
 

@@ -21,15 +21,15 @@ import torch.nn.functional as F
 from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, train_loop
 
 DEFAULTS = dict(
-    epochs=8,  # passes over the train split; ~2.5 min for 4,000 28x28 images on 2 CPU cores
+    epochs=16,  # passes over the train split (1,000 steps); ~10 min for 4,000 28x28 images on 2 CPU cores
     batch_size=64,
     lr=2e-3,  # AdamW, cosine decay to 0 over training
-    block_channels=(32, 64, 64),  # UNet block widths; len - 1 downsamplings
+    block_channels=(16, 32, 32),  # UNet block widths (260k parameters); len - 1 downsamplings
     train_timesteps=1000,
     beta_schedule="squaredcos_cap_v2",  # DDPMScheduler's noise schedule: cosine (Nichol & Dhariwal 2021)
     prediction_type="v_prediction",  # the UNet predicts v (Salimans & Ho 2022): well-conditioned at every t, so few-step samplers stay stable
     label_dropout=0.1,  # share of training labels replaced by the "no class" token
-    guidance=2.0,  # classifier-free guidance weight when sampling (0: plain conditional)
+    guidance=0.0,  # classifier-free guidance weight when sampling; 0 (plain conditional) is 3x faster, same CAS on mnist5k as 0.5-2
     scheduler="dpm",  # default sampler: dpm, ddim or ddpm
     steps=20,  # default sampling steps
     ema_decay=0.995,  # weights averaged over the last ~1/(1-decay) steps are the ones sampled
@@ -78,7 +78,10 @@ class DDPM(TrainedGenerator):
         classes = {"dpm": DPMSolverMultistepScheduler, "ddim": DDIMScheduler, "ddpm": DDPMScheduler}
         if name not in classes:
             raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-        return classes[name].from_config(self.training_scheduler().config)
+        # DDIM would clip x0 but keep the unclipped noise estimate, which guidance
+        # throws off course; unclipped it is first-order DPM-Solver, which stays stable
+        extra = {"clip_sample": False} if name == "ddim" else {}
+        return classes[name].from_config(self.training_scheduler().config, **extra)
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.unet(noisy, timesteps, class_labels=labels).sample
@@ -141,7 +144,7 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
         # EMA with warm-up: early on, the average follows the model closely
         decay = min(hyper["ema_decay"], (1 + steps_done) / (10 + steps_done))
         with torch.no_grad():
-            for averaged, current in zip(average.unet.parameters(), model.unet.parameters()):
+            for averaged, current in zip(average.unet.parameters(), model.unet.parameters(), strict=True):
                 averaged.lerp_(current, 1 - decay)
         return {"gen/loss": loss.item()}
 

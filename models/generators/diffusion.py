@@ -13,6 +13,7 @@ them to the real images' size and colour mode.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,7 +59,9 @@ def _from_pretrained(model_id: str, dtype: torch.dtype):
         except Exception as error:
             raise InputError(f"model folder {folder} could not be loaded as a text-to-image pipeline ({error.__class__.__name__}: {error}); pass a Stable Diffusion folder written by save_pretrained.") from error
     try:
-        return AutoPipelineForText2Image.from_pretrained(model_id, dtype=dtype, local_files_only=True)
+        with warnings.catch_warnings():  # diffusers passes huggingface_hub an argument it deprecated
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            return AutoPipelineForText2Image.from_pretrained(model_id, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as error:  # huggingface_hub's "not in the cache" errors are OSErrors
         cache_error = error
     if offline():
@@ -110,7 +113,7 @@ def _generators(seeds: list[int]) -> list[torch.Generator]:
 
 def _results(output) -> list[tuple[Image.Image, bool]]:
     flags = getattr(output, "nsfw_content_detected", None) or [False] * len(output.images)
-    return [(image, bool(flag)) for image, flag in zip(output.images, flags)]
+    return [(image, bool(flag)) for image, flag in zip(output.images, flags, strict=True)]
 
 
 def generate_text2img(
