@@ -69,6 +69,16 @@ def crop_to(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return images[..., top : top + height, left : left + width]
 
 
+def seeded_model(cls: type, images_uint8: torch.Tensor, num_classes: int, hyper: dict, *, seed: int, device, **overrides):
+    """A `cls` for images shaped like `images_uint8`, its weights drawn from
+    `seed` without touching the caller's global RNG state."""
+    _, channels, height, width = images_uint8.shape
+    config = dict(hyper, **overrides, num_classes=num_classes, image_channels=channels, image_height=height, image_width=width)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(config).to(device)
+
+
 def check_training_data(images_uint8: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
     if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4:
         raise ValueError(f"images must be a uint8 tensor [N, C, H, W], got {images_uint8.dtype} {tuple(images_uint8.shape)}")

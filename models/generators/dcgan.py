@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, train_loop
+from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, seeded_model, train_loop
 
 DEFAULTS = dict(
     epochs=30,  # passes over the train split; ~2.5 min for 4,000 28x28 images on 2 CPU cores
@@ -85,11 +85,7 @@ def build(config: dict) -> DCGAN:
 
 
 def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, progress) -> DCGAN:
-    _, channels, height, width = images_uint8.shape
-    config = dict(hyper, num_classes=num_classes, image_channels=channels, image_height=height, image_width=width)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DCGAN(config).to(device)
+    model = seeded_model(DCGAN, images_uint8, num_classes, hyper, seed=seed, device=device)
     betas = (0.5, 0.999)
     optimizer_g = torch.optim.Adam(model.generator_parameters(), lr=hyper["lr"], betas=betas)
     optimizer_d = torch.optim.Adam(model.discriminator.parameters(), lr=hyper["lr"], betas=betas)

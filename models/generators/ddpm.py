@@ -15,10 +15,12 @@ Any image size: images are padded to a multiple of 2^(levels-1) and cropped.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
-from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, train_loop
+from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, seeded_model, train_loop
 
 DEFAULTS = dict(
     epochs=16,  # passes over the train split (1,000 steps); ~10 min for 4,000 28x28 images on 2 CPU cores
@@ -109,16 +111,10 @@ def build(config: dict) -> DDPM:
 
 
 def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, progress) -> DDPM:
-    _, channels, height, width = images_uint8.shape
     if hyper["scheduler"] not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {hyper['scheduler']!r}; choose one of {', '.join(SCHEDULERS)}")
-    config = dict(hyper, block_channels=list(hyper["block_channels"]), num_classes=num_classes, image_channels=channels, image_height=height, image_width=width)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DDPM(config).to(device)
-        average = DDPM(config).to(device)
-    average.load_state_dict(model.state_dict())
-    average.requires_grad_(False)
+    model = seeded_model(DDPM, images_uint8, num_classes, hyper, seed=seed, device=device, block_channels=list(hyper["block_channels"]))
+    average = copy.deepcopy(model).requires_grad_(False)
     noise_scheduler = model.training_scheduler()
     optimizer = torch.optim.AdamW(model.unet.parameters(), lr=hyper["lr"], weight_decay=0.0)
     steps_per_epoch = max(1, len(images_uint8) // min(hyper["batch_size"], len(images_uint8)))
