@@ -28,7 +28,8 @@ class LazyGroup(click.Group):
         return importlib.import_module(f"pipelines.{name}").command
 
     def format_commands(self, ctx, formatter):
-        formatter.write_dl([(name, text) for name, text in STAGES.items()], col_max=12)
+        with formatter.section("Stages (python -m pipelines <stage> --help for its options)"):
+            formatter.write_dl([(name, text) for name, text in STAGES.items()], col_max=12)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
