@@ -23,8 +23,7 @@ It was written against older numpy/scipy/scikit-image; this script shims
 `gaussian(multichannel=)` in memory (nothing in site-packages is patched).
 Without it, the script says so and prints our numbers only.
 
-Measured numbers and the machine they came from: see the report in the
-session that introduced this file; rerun to reproduce on yours.
+Numbers depend on the machine; the table printed here is the measurement.
 """
 from __future__ import annotations
 
