@@ -8,7 +8,7 @@ Adam(0.5, 0.999), one D step per G step.
 Why this D: a spectrally normalised projection discriminator with hinge loss
 collapsed each class to one image within the CPU budget (CAS 0.26 on
 mnist5k); the one-hot D without the minibatch-std feature reached 0.48; this
-one 0.77.
+one 0.76 (benchmarks/synthesis.py).
 
 Any image size: G works at H, W padded to a multiple of 4 and crops; real
 and fake images are padded back the same way before D.
@@ -22,7 +22,7 @@ from torch import nn
 from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, seeded_model, train_loop
 
 DEFAULTS = dict(
-    epochs=30,  # passes over the train split; ~2.5 min for 4,000 28x28 images on 2 CPU cores
+    epochs=30,  # passes over the train split; ~2 min for 4,000 28x28 images on 2 CPU cores
     batch_size=64,
     lr=4e-4,  # Adam, both networks; 2e-4 (the DCGAN paper's) needs more epochs than we can afford on a CPU
     base_channels=32,  # G's last hidden conv / D's first conv channels; the other layer has 2x
