@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup dev demo test ui clean
+.PHONY: setup dev demo test ui mlproject clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: dev  ## the whole test suite
 
 ui: setup  ## browse the runs at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+mlproject: setup  ## rewrite MLproject from the stages' declared parameters
+	$(PY) -m pipelines.__main__ --mlproject > MLproject
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -42,7 +42,7 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             for name, augment in (("clean", ""), ("augmented", args.augment)):
                 trained = train({"data": "mnist5k", "model": args.model, "epochs": args.epochs, "seed": seed, "augment": augment})
-                results[name].append(evaluate({"train_run": trained["run_id"], "corruptions": "salt_pepper", "severities": "1,2,3,4,5", "seed": seed, "misclassified": 0})["metrics"])
+                results[name].append(evaluate({"train_run": trained.run_id, "corruptions": "salt_pepper", "severities": "1,2,3,4,5", "seed": seed, "misclassified": 0}).metrics)
 
     columns = ["test/acc", *[f"robust/acc/salt_pepper/{s}" for s in range(1, 6)], "robust/ce/salt_pepper"]
     print(f"\n{args.model}, {args.epochs} epochs on mnist5k, seeds {args.seeds}; mean ± std over seeds")

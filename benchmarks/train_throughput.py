@@ -42,7 +42,7 @@ def stage_throughput(model: str, epochs: int, batch_size: int) -> tuple[float, f
         on_epoch=lambda epoch, metrics: stamps.append(time.perf_counter()),
         run_name=f"benchmark-{model}",
     )
-    return 4000 * (epochs - 1) / (stamps[-1] - stamps[0]), result["metrics"]["val/acc"]
+    return 4000 * (epochs - 1) / (stamps[-1] - stamps[0]), result.metrics["val/acc"]
 
 
 def bare_throughput(model: str, epochs: int, batch_size: int) -> tuple[float, float]:

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +21,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from imaging.errors import InputError
-from imaging.images import DEFAULT_MAX_PIXELS, BadImage, encode_png, open_image
+from imaging.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImage, encode_png, open_image
 from imaging.manifest import SPLITS, Manifest
 
 EMBEDDED = ("mnist5k",)
 MNIST5K_SPLIT_SEED = 0  # fixed: every user gets the same 80/10/10 split
+SCAN_CACHE_VERSION = 2  # in the scan cache key: bump when open_image's reasons change, so cached ones are redone
 
 
 def cache_dir() -> Path:
@@ -90,6 +91,8 @@ def materialise_mnist5k() -> Path:
 class ScanReport:
     bad_files: list[tuple[str, str]]  # (relative path, reason)
     skipped: int
+    ignored: int = 0  # files without an image suffix (Thumbs.db, README.md, notes.txt, ...), left out
+    ignored_files: list[str] = field(default_factory=list)  # the first few of them, relative paths
 
 
 def _visible(path: Path) -> bool:
@@ -104,6 +107,11 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and _visible(p) and all(_visible(q) for q in p.relative_to(folder).parents if q.name))
 
 
+def _is_image(path: Path) -> bool:
+    # by name, so stray desktop files are left out instead of stopping the run as broken images
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def _check_file(path: Path, max_pixels: int) -> tuple[str, str | None]:
     data = path.read_bytes()
     try:
@@ -115,7 +123,7 @@ def _check_file(path: Path, max_pixels: int) -> tuple[str, str | None]:
 
 def _scan_files(root: Path, files: list[Path], max_pixels: int) -> dict[Path, tuple[str, str | None]]:
     """sha256 and decode error of each file, reusing the scan cache where size and mtime match."""
-    cache_file = cache_dir() / "scans" / (hashlib.sha256(f"{root.resolve()}|{max_pixels}".encode()).hexdigest()[:20] + ".json")
+    cache_file = cache_dir() / "scans" / (hashlib.sha256(f"{root.resolve()}|{max_pixels}|{SCAN_CACHE_VERSION}".encode()).hexdigest()[:20] + ".json")
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
@@ -171,6 +179,7 @@ def scan_folder(
     layout = split_folders or {"": root}
 
     rows = []
+    ignored: list[Path] = []
     class_sets: dict[str, set[str]] = {}
     for split_name, split_root in layout.items():
         classes = _class_folders(split_root)
@@ -180,9 +189,13 @@ def scan_folder(
         class_sets[split_name] = {c.name for c in classes}
         for class_folder in classes:
             files = _files(class_folder)
-            if not files:
-                raise InputError(f"class {class_folder.name!r} has no images in {class_folder}; add images or remove the folder.")
-            for path in files:
+            images = [path for path in files if _is_image(path)]
+            ignored += [path for path in files if not _is_image(path)]
+            if not images:
+                others = len(files) - len(images)
+                detail = f" (ignored {others} non-image file(s), e.g. {files[0].name}; images end in {', '.join(sorted(IMAGE_SUFFIXES))})" if others else ""
+                raise InputError(f"class {class_folder.name!r} has no images in {class_folder}{detail}; add images or remove the folder.")
+            for path in images:
                 rows.append((path, class_folder.name, split_name))
 
     if len(class_sets.get("train", class_sets.get(""))) < 2:
@@ -201,17 +214,22 @@ def scan_folder(
     if bad and not skip_bad_images:
         listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
         raise InputError(f"{len(bad)} file(s) in {root} are not usable images: {listing}. Remove them or pass --skip-bad-images.")
-    bad_paths = {path for path, _ in bad}
+    # skipping must not silently drop a class: the run would go on with fewer classes than the folder has
+    reasons = dict(bad)
+    by_class: dict[tuple[str, str], list[str]] = {}
+    for path, label, split in rows:
+        by_class.setdefault((split, label), []).append(str(path.relative_to(root)))
+    for (split, label), paths in sorted(by_class.items()):
+        if all(path in reasons for path in paths):
+            where, fix = (f" in {split}/", f"add readable images to {split}/{label}/ (every split needs every class)") if split else ("", f"add readable images to {label}/ or remove the folder")
+            raise InputError(f"class {label!r}{where} has no usable images: all {len(paths)} of its files were skipped as bad ({paths[0]}: {reasons[paths[0]]}); {fix}.")
     frame = pd.DataFrame(
         [
             {"path": str(path.relative_to(root)), "label": label, "split": split or "", "source": "real", "run_id": "", "sha256": scanned[path][0]}
             for path, label, split in rows
-            if str(path.relative_to(root)) not in bad_paths
+            if str(path.relative_to(root)) not in reasons
         ]
     )
-    for label in sorted(set(frame["label"])):
-        if not (frame["label"] == label).any():
-            raise InputError(f"class {label!r} has no usable images after skipping bad files; add images.")
 
     # carve the missing splits out of train (or out of everything)
     missing = [s for s in ("val", "test") if s not in split_folders]
@@ -233,7 +251,7 @@ def scan_folder(
                 f"give {split_name}/ at least one image of every class (or remove it to have one carved out of train/)."
             )
     manifest = Manifest(frame, str(root.resolve()), name or root.name, classes)
-    return manifest, ScanReport(bad_files=bad, skipped=len(bad))
+    return manifest, ScanReport(bad_files=bad, skipped=len(bad), ignored=len(ignored), ignored_files=[str(p.relative_to(root)) for p in ignored[:10]])
 
 
 def load_dataset(data: str, **options) -> tuple[Manifest, ScanReport]:

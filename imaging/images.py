@@ -9,6 +9,8 @@ format.
 from __future__ import annotations
 
 import io
+import re
+import threading
 import warnings
 
 import numpy as np
@@ -26,23 +28,54 @@ class BadImage(Exception):
     """A file that is not a readable image; the message says why."""
 
 
+# Image.MAX_IMAGE_PIXELS is process-global; scans open images from several threads.
+_PIL_LIMIT = threading.Lock()
+
+
+def _too_big(width: int, height: int, max_pixels: int) -> BadImage:
+    return BadImage(
+        f"{width}x{height} = {width * height:,} pixels is over the --max-pixels limit of {max_pixels:,} "
+        "(a possible decompression bomb); raise --max-pixels if the file is genuine"
+    )
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Image.open (which reads only the header) without Pillow's own pixel limit getting in before ours."""
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        pass  # over twice Pillow's limit: read the header again without it, so our check names --max-pixels
+    with _PIL_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open and fully decode image bytes, refusing truncated files and oversized images."""
+    image = None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            # our --max-pixels check replaces Pillow's warning; its hard error still guards frames and tiles in load()
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = _open_header(data)
             width, height = image.size
             if width * height > max_pixels:
-                raise BadImage(f"{width}x{height} pixels is over the limit of {max_pixels:,} (a possible decompression bomb)")
+                raise _too_big(width, height, max_pixels)
             image.load()  # raises on truncated data
     except BadImage:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise BadImage(f"over the pixel limit (a possible decompression bomb): {error}") from error
+    except Image.UnidentifiedImageError as error:  # its text quotes the BytesIO object, useless to a user
+        raise BadImage("not an image (Pillow cannot identify the format)") from error
+    except Image.DecompressionBombError as error:
+        size = f"{image.size[0]}x{image.size[1]} " if image is not None else ""
+        raise BadImage(f"{size}image has a frame or tile over Pillow's own pixel limit (a possible decompression bomb)") from error
     except Exception as error:
-        reason = "truncated" if "truncated" in str(error).lower() else "not an image"
-        raise BadImage(f"{reason} ({error.__class__.__name__}: {error})") from error
+        text = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file", str(error))  # no object reprs in a user's message
+        reason = "truncated" if "truncated" in text.lower() else "not an image"
+        raise BadImage(f"{reason} ({error.__class__.__name__}: {text})") from error
     return image
 
 

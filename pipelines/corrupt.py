@@ -13,22 +13,48 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import DATA_DEFAULTS, add_options, data_options, handle_errors
+from pipelines._cli import data_params, defaults, option, stage_command
 
-DEFAULTS = {
-    "data": "mnist5k",
-    "dataset_run": "",
-    "kind": "salt_pepper",
-    "severity": 3,
-    "level": -1.0,
-    "split": "test",
-    "seed": 0,
-    **DATA_DEFAULTS,
-}
+PARAMS = [
+    *data_params(),
+    option("dataset_run", "", "Corrupt the dataset logged by this run (a mix or corrupt run) instead of --data."),
+    option("kind", "salt_pepper", "Corruption family: salt_pepper, gradient_noise, blend or an ImageNet-C family (gaussian_noise, defocus_blur, snow, jpeg_compression, ...)."),
+    option("severity", 3, "Severity 1 (mild) to 5 (harsh).", click.IntRange(1, 5)),
+    option("level", -1.0, "Continuous level overriding the severity where the family has one (salt_pepper/gradient_noise: fraction of pixels; blend: weight); -1 uses the severity's.", float),
+    option("split", "test", "Which split to corrupt; the others pass through untouched.", click.Choice(["train", "val", "test"])),
+    option("seed", 0, "Seed of the random corruption.", int),
+]
+DEFAULTS = defaults(PARAMS)
 CHUNK = 256  # images decoded and corrupted together
 
 
-def corrupt_split(params: dict, *, nested: bool = False, run_name: str | None = None) -> dict:
+def corrupt_split(params: dict, *, nested: bool = False, run_name: str | None = None, reuse: bool = False, tags: dict | None = None):
+    """Corrupt with `params` (DEFAULTS filled in); returns a StageResult whose manifest is the corrupted dataset."""
+    from imaging.corruptions import severity_level
+    from imaging.errors import InputError
+    from tracking.lineage import load_manifest
+    from tracking.runs import get_or_run, quiet_mlflow
+
+    quiet_mlflow()
+    params = {**DEFAULTS, **params}
+    level = None if params["level"] is None or params["level"] < 0 else float(params["level"])
+    severity_level(params["kind"], params["severity"])  # validates kind and severity before any work
+    if params["split"] not in ("train", "val", "test"):
+        raise InputError(f"--split {params['split']!r} is not a split; use train, val or test.")
+    manifest, _ = load_manifest(params)
+    chosen = manifest.frame.index[manifest.frame["split"] == params["split"]]
+    if len(chosen) == 0:
+        raise InputError(f"dataset {manifest.name} has no {params['split']} images to corrupt; pick another --split.")
+    name = run_name or f"corrupt-{manifest.name}-{params['split']}-{params['kind']}{params['severity']}-s{params['seed']}"
+    all_tags = {"synthmix.corruption": params["kind"], "synthmix.severity": str(params["severity"]), **(tags or {})}
+    return get_or_run(
+        "corrupt", {**params, "digest": manifest.digest}, lambda: lambda run: _write(run, params, manifest, chosen, level),
+        run_name=name, params=params, tags=all_tags, nested=nested, reuse=reuse,
+    )
+
+
+def _write(run, params: dict, manifest, chosen, level: float | None):
+    """Decode, corrupt and write the chosen rows as the run's artifacts; log the resulting dataset."""
     import hashlib
     import io
     import tempfile
@@ -39,29 +65,14 @@ def corrupt_split(params: dict, *, nested: bool = False, run_name: str | None = 
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from imaging.corruptions import corrupt, severity_level
-    from imaging.errors import InputError
+    from imaging.corruptions import corrupt
     from imaging.images import open_image, to_array
     from imaging.manifest import Manifest
-    from pipelines.train import load_training_manifest
-    from tracking.runs import quiet_mlflow, stage_run
+    from tracking.lineage import log_dataset
 
-    quiet_mlflow()
-    params = {**DEFAULTS, **params}
-    level = None if params["level"] is None or params["level"] < 0 else float(params["level"])
-    severity_level(params["kind"], params["severity"])  # validates kind and severity before any work
-    if params["split"] not in ("train", "val", "test"):
-        raise InputError(f"--split {params['split']!r} is not a split; use train, val or test.")
-    manifest, _ = load_training_manifest(params)
-    chosen = manifest.frame.index[manifest.frame["split"] == params["split"]]
-    if len(chosen) == 0:
-        raise InputError(f"dataset {manifest.name} has no {params['split']} images to corrupt; pick another --split.")
     paths = manifest.local_paths()
     label_index = {name: i for i, name in enumerate(manifest.classes)}
-
-    name = run_name or f"corrupt-{manifest.name}-{params['split']}-{params['kind']}{params['severity']}-s{params['seed']}"
-    tags = {"synthmix.corruption": params["kind"], "synthmix.severity": str(params["severity"])}
-    with stage_run("corrupt", name, params, tags, nested=nested, hashed={**params, "digest": manifest.digest}) as run, tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder:
         out_root = Path(folder)
         frame = manifest.frame.copy()
         for column in ("corruption", "severity", "level", "source_path", "source_sha256"):
@@ -97,26 +108,17 @@ def corrupt_split(params: dict, *, nested: bool = False, run_name: str | None = 
                     frame.loc[row, ["path", "run_id", "sha256"]] = [relative, run.info.run_id, hashlib.sha256(buffer.getvalue()).hexdigest()]
                     frame.loc[row, ["corruption", "severity", "level"]] = [params["kind"], str(params["severity"]), "" if level is None else str(level)]
         mlflow.log_artifacts(str(out_root / "images"), "images")
-        result = Manifest(frame, manifest.root, f"{manifest.name}-{params['kind']}{params['severity']}", list(manifest.classes))
-        with tempfile.TemporaryDirectory() as manifest_folder:
-            result.save(Path(manifest_folder))
-            mlflow.log_artifacts(manifest_folder, "dataset")
-        mlflow.log_input(manifest.split(params["split"]).mlflow_dataset(), context="source")
-        mlflow.log_input(result.split(params["split"]).mlflow_dataset(), context=params["split"])
-        mlflow.log_metric("corrupt/images", len(chosen))
-        print(f"[synthmix] wrote {len(chosen)} corrupted {params['split']} images", flush=True)
-        return {"run_id": run.info.run_id, "manifest": result}
+    result = Manifest(frame, manifest.root, f"{manifest.name}-{params['kind']}{params['severity']}", list(manifest.classes))
+    log_dataset(result, {"source": manifest.split(params["split"]), params["split"]: result.split(params["split"])})
+    print(f"[synthmix] wrote {len(chosen)} corrupted {params['split']} images", flush=True)
+    metrics = {"corrupt/images": len(chosen)}
+    mlflow.log_metrics(metrics)
+    return metrics, {"manifest": result}
 
 
-@click.command("corrupt", help=__doc__.split("\n\n")[0])
-@add_options(data_options())
-@click.option("--dataset-run", default="", help="Corrupt the dataset logged by this run (a mix or corrupt run) instead of --data.")
-@click.option("--kind", default="salt_pepper", show_default=True, help="Corruption family: salt_pepper, gradient_noise, blend or an ImageNet-C family (gaussian_noise, defocus_blur, snow, jpeg_compression, ...).")
-@click.option("--severity", type=click.IntRange(1, 5), default=3, show_default=True, help="Severity 1 (mild) to 5 (harsh).")
-@click.option("--level", type=float, default=-1.0, show_default=True, help="Continuous level overriding the severity where the family has one (salt_pepper/gradient_noise: fraction of pixels; blend: weight); -1 uses the severity's.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True, help="Which split to corrupt; the others pass through untouched.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random corruption.")
-@handle_errors
-def command(**params):
+def run_command(**params):
     result = corrupt_split(params)
-    click.echo(f"run {result['run_id']}")
+    click.echo(f"run {result.run_id}")
+
+
+command = stage_command("corrupt", __doc__, PARAMS, run_command)

@@ -15,23 +15,24 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import DATA_DEFAULTS, add_options, data_options, device_option, handle_errors, optional
+from pipelines._cli import DEVICE, data_params, defaults, option, optional, stage_command
 
-DEFAULTS = {
-    "train_run": "",
-    "model_uri": "",
-    "data": "",
-    "batch_size": 256,
-    "device": "auto",
-    "misclassified": 32,
-    "corruptions": "",
-    "severities": "1,2,3,4,5",
-    "baseline_run": "",
-    "saliency": 0,
-    "saliency_method": "gradcam",
-    "seed": 0,
-    **DATA_DEFAULTS,
-}
+PARAMS = [
+    option("train_run", "", "Id of the train run whose model to score."),
+    option("model_uri", "", "Or any MLflow model URI of a synthmix classifier (runs:/<id>/model, models:/<name>@<alias>)."),
+    *data_params("", " Default: the train run's dataset."),
+    option("batch_size", 256, "Images per forward pass.", click.IntRange(1)),
+    DEVICE,
+    option("misclassified", 32, "Misclassified test images shown in misclassified/test.png.", click.IntRange(0)),
+    option("corruptions", "", "Corruption kinds to score (comma-separated) or 'all'; empty scores the clean test set only."),
+    option("severities", "1,2,3,4,5", "Severities (1-5) to score each corruption at."),
+    option("baseline_run", "", "An evaluate run of a baseline model with the same corruptions: CE and mCE are normalised by its errors."),
+    option("saliency", 0, "Show N correct and N incorrect test images with saliency maps (clean and per corruption); 0 skips.", click.IntRange(0)),
+    option("saliency_method", "gradcam", "Saliency method of the panels.", click.Choice(["gradcam", "integrated_gradients"])),
+    option("seed", 0, "Seed of the random corruptions.", int),
+]
+DEFAULTS = defaults(PARAMS)
+NOT_HASHED = ("device", "batch_size")
 
 
 def parse_corruptions(text: str) -> list[str]:
@@ -108,22 +109,25 @@ def _baseline_errors(run_id: str, kinds: list[str], severities: list[int]) -> di
     }
 
 
-def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None, reuse_finished: bool = False) -> dict:
+def _model_key(model_uri: str) -> str:
+    """A model URI that names one fixed model: an alias is resolved to its version now."""
+    if model_uri.startswith("models:/") and "@" in model_uri:
+        from mlflow.tracking import MlflowClient
 
-    import mlflow
-    import pandas as pd
-    import torch
-    from sklearn.metrics import classification_report, confusion_matrix, f1_score
-    from tqdm.auto import tqdm
+        name, alias = model_uri.removeprefix("models:/").split("@", 1)
+        try:
+            return f"models:/{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
+        except Exception:
+            return model_uri  # loading it below gives the user the error
+    return model_uri
 
-    from imaging.batches import TensorBatches, cached_tensors
+
+def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None, reuse: bool = False, tags: dict | None = None):
+    """Evaluate with `params` (DEFAULTS filled in); returns a StageResult with the test and robust metrics."""
     from imaging.errors import InputError
-    from models.serving import load_classifier
-    from models.training import predict
-    from pipelines._cli import resolve_device
-    from pipelines.train import load_training_manifest
-    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, image_grid, log_figure
-    from tracking.runs import get_run, quiet_mlflow, run_params, stage_run
+    from imaging.manifest import Manifest, real_only
+    from tracking.lineage import load_manifest
+    from tracking.runs import get_or_run, get_run, quiet_mlflow, run_params
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
@@ -131,7 +135,6 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
     severities = parse_severities(params["severities"])
     if params["saliency"] < 0 or params["misclassified"] < 0:
         raise InputError("--saliency and --misclassified count images and must be 0 or more.")
-    device = resolve_device(params["device"])
 
     train_params: dict = {}
     if optional(params["train_run"]):
@@ -142,11 +145,6 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
         model_uri = params["model_uri"]
     else:
         raise InputError("evaluate needs --train-run (a train run id) or --model-uri (e.g. models:/name@champion).")
-    try:
-        classifier = load_classifier(model_uri)
-    except Exception as error:
-        raise InputError(f"no synthmix classifier could be loaded from {model_uri} ({error.__class__.__name__}: {str(error)[:200]}); pass a train run id or a model URI logged by train.") from error
-    network, spec = classifier.network.to(device).eval(), classifier.spec
 
     if optional(params["data"]):
         source = {**params}
@@ -157,16 +155,51 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
                 source[key] = type(DEFAULTS[key])(train_params[key])
     else:
         raise InputError("with --model-uri, also pass --data: the dataset whose test split to score.")
-    manifest, _ = load_training_manifest(source)
-    test_rows = manifest.split("test")
-    test_rows = type(test_rows)(test_rows.frame[test_rows.frame["source"] == "real"].copy(), test_rows.root, test_rows.name, test_rows.classes)
+    manifest, _ = load_manifest(source)
+    test_rows = real_only(manifest.split("test"))
+    test_rows = Manifest(test_rows.frame, test_rows.root, f"{manifest.name}-test", list(manifest.classes))
     if len(test_rows) == 0:
         raise InputError(f"dataset {manifest.name} has no real test images; give it a test/ folder or a test_fraction above 0.")
+
+    logged = {**params, "model_uri": model_uri}
+    key = {**{k: v for k, v in logged.items() if k not in NOT_HASHED}, "model_key": _model_key(model_uri), "test_digest": test_rows.digest}
+    model_name = train_params.get("model", "model")
+    name = run_name or f"evaluate-{model_name}-{test_rows.name}"
+    all_tags = {"synthmix.train_run": params["train_run"] or "", "synthmix.model": model_name, **(tags or {})}
+    return get_or_run(
+        "evaluate", key, lambda: _prepare(params, model_uri, test_rows, kinds, severities, name),
+        run_name=name, params=logged, tags=all_tags, nested=nested, reuse=reuse,
+    )
+
+
+def _prepare(params: dict, model_uri: str, test_rows, kinds: list[str], severities: list[int], name: str):
+    """Load and check the model (before any run exists), and return the scoring that runs inside the run."""
+    import mlflow
+    import pandas as pd
+    import torch
+    from sklearn.metrics import classification_report, confusion_matrix, f1_score
+    from tqdm.auto import tqdm
+
+    from imaging.batches import TensorBatches, cached_tensors
+    from imaging.errors import InputError
+    from imaging.manifest import Manifest
+    from models.serving import load_classifier
+    from models.training import predict
+    from pipelines._cli import resolve_device
+    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, image_grid, log_figure
+    from tracking.lineage import log_dataset
+
+    device = resolve_device(params["device"])
+    try:
+        classifier = load_classifier(model_uri)
+    except Exception as error:
+        raise InputError(f"no synthmix classifier could be loaded from {model_uri} ({error.__class__.__name__}: {str(error)[:200]}); pass a train run id or a model URI logged by train.") from error
+    network, spec = classifier.network.to(device).eval(), classifier.spec
     unknown = sorted(set(test_rows.frame["label"]) - set(spec.classes))
     if unknown:
         raise InputError(f"the test split has classes the model was not trained on: {unknown}; evaluate on data with the model's classes {spec.classes}.")
     # score in the model's class order, whatever order the dataset lists its classes in
-    test_rows = type(test_rows)(test_rows.frame, test_rows.root, test_rows.name, list(spec.classes))
+    test_rows = Manifest(test_rows.frame, test_rows.root, test_rows.name, list(spec.classes))
     images, labels = cached_tensors(test_rows, spec.in_channels, spec.image_size)
     present = sorted(set(labels.tolist()))
 
@@ -175,19 +208,9 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
         logits, _ = predict(network, batches, spec.mean, spec.std)
         return logits
 
-    name = run_name or f"evaluate-{spec.model}-{test_rows.name}"
-    logged = {k: v for k, v in params.items()}
-    logged["model_uri"] = model_uri
-    tags = {"synthmix.train_run": params["train_run"] or "", "synthmix.model": spec.model}
-    hashed = {**logged, "test_digest": test_rows.digest}
-    if reuse_finished:
-        from tracking.runs import reuse
-
-        done = reuse("evaluate", hashed)
-        if done is not None:
-            return done
-    with stage_run("evaluate", name, logged, tags, nested=nested, hashed=hashed) as run:
-        mlflow.log_input(test_rows.mlflow_dataset(), context="test")
+    def inside(run) -> dict:
+        mlflow.set_tag("synthmix.model", spec.model)
+        log_dataset(test_rows, {"test": test_rows}, artifact=False)
         logits = score(images)
         predictions = logits.argmax(1)
         accuracy = float((predictions == labels).float().mean())
@@ -265,7 +288,9 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
 
         mlflow.log_metrics(metrics)
         print(f"[synthmix] test/acc {accuracy:.4f}  test/macro_f1 {metrics['test/macro_f1']:.4f}" + (f"  robust/mce {metrics['robust/mce']:.4f}" if kinds else ""), flush=True)
-        return {"run_id": run.info.run_id, "metrics": metrics}
+        return metrics
+
+    return inside
 
 
 def _heatmap(table, title: str):
@@ -286,19 +311,4 @@ def _heatmap(table, title: str):
     return fig
 
 
-@click.command("evaluate", help=__doc__.split("\n\n")[0])
-@click.option("--train-run", default="", help="Id of the train run whose model to score.")
-@click.option("--model-uri", default="", help="Or any MLflow model URI of a synthmix classifier (runs:/<id>/model, models:/<name>@<alias>).")
-@add_options(data_options("", " Default: the train run's dataset."))
-@click.option("--batch-size", type=click.IntRange(1), default=256, show_default=True, help="Images per forward pass.")
-@device_option
-@click.option("--misclassified", type=click.IntRange(0), default=32, show_default=True, help="Misclassified test images shown in misclassified/test.png.")
-@click.option("--corruptions", default="", help="Corruption kinds to score (comma-separated) or 'all'; empty scores the clean test set only.")
-@click.option("--severities", default="1,2,3,4,5", show_default=True, help="Severities (1-5) to score each corruption at.")
-@click.option("--baseline-run", default="", help="An evaluate run of a baseline model with the same corruptions: CE and mCE are normalised by its errors.")
-@click.option("--saliency", type=click.IntRange(0), default=0, show_default=True, help="Show N correct and N incorrect test images with saliency maps (clean and per corruption); 0 skips.")
-@click.option("--saliency-method", type=click.Choice(["gradcam", "integrated_gradients"]), default="gradcam", show_default=True, help="Saliency method of the panels.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random corruptions.")
-@handle_errors
-def command(**params):
-    evaluate(params)
+command = stage_command("evaluate", __doc__, PARAMS, lambda **params: evaluate(params))

@@ -1,55 +1,232 @@
-"""main: the study on one dataset, as one parent run with a nested run per step.
+"""main: the whole study on one dataset, answered with 95% confidence intervals.
 
-    python -m pipelines main --data mnist5k --model resnet18 --epochs 3
+    python -m pipelines main --data mnist5k --ratios 0,0.5,0.6,0.7,0.8 --seeds 3
 
-For now: train a classifier, then evaluate it on the real test split (clean,
-and corrupted where --corruptions is given). A finished step with the same
-parameters, inputs and code is reused rather than run again, so rerunning the
-study after a crash only does what is missing.
+Synthesizes once (skipped when every ratio is 0), then for every synthetic
+fraction x augmentation x seed: mix (ratio > 0) -> train -> evaluate on the
+clean real test split and on the corruptions. Every step is a nested run under
+the study's parent run, tagged with the study, ratio, augment and seed. A
+finished step with the same parameters, inputs and code is reused, so a study
+killed at any point and started again with the same command only does what is
+missing; the same command on the same data continues the same parent run. A
+step that fails is reported and the study goes on.
+
+The answer, on the parent run: per cell, mean and 95% Student-t interval over
+seeds of test/acc, test/macro_f1, robust accuracy per corruption and mCE, and
+the paired difference to the real-only cell (same augment and seed); a one-
+sentence headline (the run's description); report.html (self-contained),
+summary.csv / summary.md, figures/*.png, and study/... metrics for the UI's
+chart view. Models are chosen on validation data; the test split is reported.
 """
 from __future__ import annotations
 
 import click
 
-from pipelines._cli import add_options, data_options, device_option, handle_errors
+from pipelines import evaluate as evaluate_stage
+from pipelines import mix as mix_stage
+from pipelines import synthesize as synthesize_stage
+from pipelines import train as train_stage
+from pipelines._cli import DEVICE, data_params, defaults, option, pick, stage_command
+
+PARAMS = [
+    *data_params(),
+    *pick(synthesize_stage.PARAMS, "generator"),
+    *pick(mix_stage.PARAMS, "synthetic_run", "synthetic_data"),
+    option("ratios", "0,0.5,0.6,0.7,0.8", "Synthetic fractions of the training set to compare (comma-separated, 0 = real only, which every cell is compared with; 0.6 = synthetic:real 6:4)."),
+    option("augments", "none", "Training arms, comma-separated: none, or kind:severity:probability (e.g. none,salt_pepper:3:0.5 adds a corruption-trained arm to every ratio); several corruptions in one arm are joined with +."),
+    option("seeds", "3", "How many seeds (3 = seeds 0,1,2) or a list such as 0,1,2; a seed drives mix sampling, initialisation and batch order."),
+    *pick(train_stage.PARAMS, "model", "pretrained", "epochs", "batch_size", "lr"),
+    *pick(synthesize_stage.PARAMS, "per_class"),
+    option("corruptions", "salt_pepper,gradient_noise,blend", "Corruptions of the real test split to evaluate on (comma-separated or 'all'); empty: clean test split only."),
+    *pick(evaluate_stage.PARAMS, "severities"),
+    *pick(evaluate_stage.PARAMS, "saliency", saliency=4),
+    option("tolerance", 0.01, "Accuracy drop against real only that counts as no drop (0.01 = 1 point); the headline names the largest synthetic fraction whose drop is below it with 95% confidence.", click.FloatRange(0, 1)),
+    option("study", "", "Name of the study (tag synthmix.study on every run); empty: <data>-<model>-<generator>."),
+    DEVICE,
+    *pick(train_stage.PARAMS, "checkpoint_every"),
+]
+DEFAULTS = defaults(PARAMS)
+NOT_HASHED = ("device", "checkpoint_every")
+DATA_KEYS = ("data", "val_fraction", "test_fraction", "split_seed", "skip_bad_images", "max_pixels")
+
+
+def parse_ratios(text: str) -> list[float]:
+    from imaging.errors import InputError
+
+    try:
+        ratios = sorted({float(part) for part in str(text).split(",") if part.strip()})
+    except ValueError as error:
+        raise InputError(f"--ratios {text!r} is not a comma-separated list of fractions; write e.g. 0,0.5,0.6,0.7,0.8.") from error
+    if not ratios or any(not 0 <= r < 1 for r in ratios):
+        raise InputError(f"--ratios {text!r} must be fractions from 0 up to (not including) 1, e.g. 0,0.5,0.6,0.7,0.8.")
+    if ratios[0] != 0:
+        raise InputError(f"--ratios {text!r} lacks 0: the real-only cell is what every other ratio is compared with; add it, e.g. 0,{text}.")
+    return ratios
+
+
+def parse_augments(text: str) -> list[str]:
+    """Each arm as train's --augment value ('' = none); '+' joins several corruptions in one arm."""
+    from imaging.corruptions import parse_augment
+    from imaging.errors import InputError
+
+    arms = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if part in ("", "none"):
+            arms.append("")
+        else:
+            parse_augment(part.replace("+", ","))
+            arms.append(part.replace("+", ","))
+    arms = list(dict.fromkeys(arms))
+    if not arms:
+        raise InputError(f"--augments {text!r} names no arm; use none, or e.g. none,salt_pepper:3:0.5.")
+    return arms
+
+
+def parse_seeds(text: str) -> list[int]:
+    from imaging.errors import InputError
+
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        numbers = [int(float(p)) for p in parts]
+    except ValueError as error:
+        raise InputError(f"--seeds {text!r} is neither a count nor a list of integers; write e.g. 3 or 0,1,2.") from error
+    if len(numbers) == 1:
+        if numbers[0] < 1:
+            raise InputError(f"--seeds {text!r} asks for no seed; give a count of at least 1 (3 or more for confidence intervals).")
+        return list(range(numbers[0]))
+    if len(set(numbers)) != len(numbers) or any(n < 0 for n in numbers):
+        raise InputError(f"--seeds {text!r} must list distinct non-negative integers, e.g. 0,1,2.")
+    return numbers
+
+
+def arm_name(augment: str) -> str:
+    return augment.replace(",", "+") or "none"
 
 
 def main(params: dict) -> dict:
-    import mlflow
-
-    from pipelines.evaluate import evaluate
-    from pipelines.train import train
-    from tracking.runs import quiet_mlflow, stage_run
+    from imaging.errors import InputError
+    from pipelines._cli import optional
+    from pipelines.evaluate import parse_corruptions, parse_severities
+    from tracking.lineage import load_manifest
+    from tracking.runs import find_runs, get_or_run, quiet_mlflow
 
     quiet_mlflow()
-    name = f"study-{params['model']}-{params['data'].rstrip('/').split('/')[-1]}-s{params['seed']}"
-    with stage_run("main", name, params) as parent:
-        train_params = {key: params[key] for key in ("data", "model", "pretrained", "epochs", "batch_size", "lr", "seed", "device", "val_fraction", "test_fraction", "split_seed", "skip_bad_images", "max_pixels")}
-        trained = train(train_params, nested=True, reuse_finished=True)
-        evaluated = evaluate(
-            {"train_run": trained["run_id"], "device": params["device"], "corruptions": params["corruptions"], "severities": params["severities"], "saliency": params["saliency"], "seed": params["seed"]},
-            nested=True,
-            reuse_finished=True,
-        )
-        summary = {f"best/{k}": v for k, v in evaluated["metrics"].items() if k.startswith(("test/", "robust/mce"))}
-        mlflow.log_metrics(summary)
-        mlflow.set_tags({"synthmix.train_run": trained["run_id"], "synthmix.evaluate_run": evaluated["run_id"]})
-        click.echo(f"study done: test/acc {evaluated['metrics']['test/acc']:.4f} (train run {trained['run_id']}, evaluate run {evaluated['run_id']}, parent {parent.info.run_id})")
-        return {"run_id": parent.info.run_id, "train": trained, "evaluate": evaluated}
+    params = {**DEFAULTS, **params}
+    ratios, augments, seeds = parse_ratios(params["ratios"]), parse_augments(params["augments"]), parse_seeds(params["seeds"])
+    kinds, _ = parse_corruptions(params["corruptions"]), parse_severities(params["severities"])
+    synthetic_run, synthetic_data = optional(params["synthetic_run"]), optional(params["synthetic_data"])
+    if synthetic_run and synthetic_data:
+        raise InputError("both synthetic_run and synthetic_data given; pass one of them (or neither, to synthesize with --generator).")
+    if any(r > 0 for r in ratios):
+        if synthetic_run:
+            from tracking.runs import get_run
+
+            get_run(synthetic_run, "synthetic_run")
+        elif synthetic_data:
+            mix_stage.load_synthetic({**params, "synthetic_run": ""})  # a bad folder is refused before any run
+    manifest, _ = load_manifest({key: params[key] for key in DATA_KEYS})
+    source = synthetic_run or synthetic_data or params["generator"]
+    study = params["study"] or f"{manifest.name}-{params['model']}-{source if not synthetic_run else 'run-' + synthetic_run[:8]}".replace("/", "_")
+    key = {**{k: v for k, v in params.items() if k not in NOT_HASHED}, "dataset_digest": manifest.digest}
+    plan = {"ratios": ratios, "augments": augments, "seeds": seeds, "kinds": kinds, "synthetic_run": synthetic_run, "synthetic_data": synthetic_data, "study": study}
+
+    def resume(key_hash: str):
+        # one parent per study: a rerun continues it (killed, failed or finished); its steps are reused
+        earlier = find_runs("main", key_hash, ("RUNNING", "FAILED", "KILLED", "FINISHED"))
+        return earlier[0] if earlier else None
+
+    result = get_or_run(
+        "main", key, lambda: lambda run: _study(run, params, manifest, plan),
+        run_name=f"study-{study}", params=params, tags={"synthmix.study": study}, reuse=False, resume=resume,
+    )
+    facts = result.extra
+    click.echo(f"[synthmix] {facts['headline']}")
+    click.echo(f"[synthmix] report: {facts['report']}")
+    click.echo(f"[synthmix] study run: {facts['url']}")
+    click.echo(f"[synthmix] its steps: {facts['urls']['table']}")
+    return facts | {"run_id": result.run_id}
 
 
-@click.command("main", help=__doc__.split("\n\n")[0])
-@add_options(data_options())
-@click.option("--model", type=click.Choice(["resnet18", "resnet50", "smallcnn"]), default="resnet18", show_default=True, help="Classifier architecture.")
-@click.option("--pretrained", type=bool, default=False, show_default=True, help="true: start from ImageNet weights (must be in the torch cache when offline).")
-@click.option("--epochs", type=click.IntRange(1), default=3, show_default=True, help="Training epochs.")
-@click.option("--batch-size", type=click.IntRange(1), default=128, show_default=True, help="Images per optimiser step.")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (cosine decay).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of training and corruption.")
-@device_option
-@click.option("--corruptions", default="", help="Corruption kinds to evaluate on (comma-separated) or 'all'; empty: clean test set only.")
-@click.option("--severities", default="1,2,3,4,5", show_default=True, help="Severities (1-5) of each corruption.")
-@click.option("--saliency", type=click.IntRange(0), default=8, show_default=True, help="Grad-CAM panels of N correct and N incorrect test predictions; 0 skips.")
-@handle_errors
-def command(**params):
-    main(params)
+def _study(run, params: dict, manifest, plan: dict):
+    """Every step of the study inside the parent run, then the answer."""
+    import time
+    import traceback
+
+    import pandas as pd
+
+    from pipelines.evaluate import evaluate
+    from pipelines.mix import mix
+    from pipelines.synthesize import synthesize
+    from pipelines.train import train
+
+    study, seeds, ratios, augments = plan["study"], plan["seeds"], plan["ratios"], plan["augments"]
+    data = {key: params[key] for key in DATA_KEYS}
+    seconds: dict[str, float] = {}
+    steps: list[dict] = []  # one row per step, for the report's run table
+
+    def step(stage: str, function, stage_params: dict, cell: dict, name: str):
+        started = time.perf_counter()
+        tags = {"synthmix.study": study, **{f"synthmix.{k}": str(v) for k, v in cell.items()}}
+        try:
+            result = function(stage_params, nested=True, reuse=True, run_name=name, tags=tags)
+        except Exception as error:
+            steps.append({**cell, "stage": stage, "run_id": "", "status": "failed", "error": f"{error.__class__.__name__}: {error}"})
+            raise
+        finally:
+            seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
+        steps.append({**cell, "stage": stage, "run_id": result.run_id, "status": "reused" if result.reused else "done", "error": ""})
+        return result
+
+    synthesis = None
+    synthetic_source = {"synthetic_run": plan["synthetic_run"] or "", "synthetic_data": plan["synthetic_data"] or ""}
+    if any(r > 0 for r in ratios) and not (plan["synthetic_run"] or plan["synthetic_data"]):
+        synthesis = step("synthesize", synthesize, {**data, "generator": params["generator"], "per_class": params["per_class"], "seed": 0, "device": params["device"]},
+                         {}, f"{study}-synthesize-{params['generator']}")
+        synthetic_source["synthetic_run"] = synthesis.run_id
+    elif plan["synthetic_run"]:
+        from tracking.runs import StageResult, get_run
+
+        found = get_run(plan["synthetic_run"], "synthetic_run")
+        synthesis = StageResult("synthesize", found.info.run_id, dict(found.data.metrics), reused=True)
+
+    rows = []
+    for seed in seeds:
+        for augment in augments:
+            for ratio in ratios:
+                cell = {"ratio": ratio, "augment": arm_name(augment), "seed": seed}
+                label = f"r{ratio:g}-{arm_name(augment)}-s{seed}"
+                try:
+                    training_data = dict(data)
+                    if ratio > 0:
+                        mixed = step("mix", mix, {**data, **synthetic_source, "ratio": ratio, "seed": seed}, cell, f"{study}-mix-{label}")
+                        training_data = {"dataset_run": mixed.run_id, "data": params["data"]}
+                    trained = step("train", train, {
+                        **training_data, "model": params["model"], "pretrained": params["pretrained"], "epochs": params["epochs"],
+                        "batch_size": params["batch_size"], "lr": params["lr"], "augment": augment, "seed": seed,
+                        "device": params["device"], "checkpoint_every": params["checkpoint_every"],
+                    }, cell, f"{study}-train-{label}")
+                    evaluated = step("evaluate", evaluate, {
+                        "train_run": trained.run_id, "corruptions": ",".join(plan["kinds"]), "severities": params["severities"],
+                        "saliency": params["saliency"], "seed": seed, "device": params["device"], "misclassified": 16,
+                    }, cell, f"{study}-evaluate-{label}")
+                    rows.append({**cell, "status": "ok", "train_run": trained.run_id, "evaluate_run": evaluated.run_id,
+                                 **{k: v for k, v in trained.metrics.items() if k.startswith("val/")}, **evaluated.metrics})
+                except Exception as error:
+                    print(f"[synthmix] step of cell {label} failed, the study goes on: {error.__class__.__name__}: {error}", flush=True)
+                    traceback.print_exc()
+                    rows.append({**cell, "status": "failed", "error": f"{error.__class__.__name__}: {error}"})
+
+    from tracking.study import answer
+
+    started = time.perf_counter()
+    facts = answer(run, params, pd.DataFrame(rows), pd.DataFrame(steps), plan, synthesis, seconds)
+    seconds["report"] = time.perf_counter() - started
+    import mlflow
+
+    mlflow.log_metrics({f"perf/seconds/{stage}": value for stage, value in seconds.items()})
+    if facts["cells_ok"] == 0:
+        raise RuntimeError(f"no cell of the study has a result ({facts['cells_failed']} failed); see the errors above and {facts['report']}")
+    return {"study/cells_ok": facts["cells_ok"], "study/cells_failed": facts["cells_failed"]}, facts
+
+
+command = stage_command("main", __doc__, PARAMS, lambda **params: main(params))

@@ -21,20 +21,20 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import DATA_DEFAULTS, add_options, data_kwargs, data_options, handle_errors, optional
+from pipelines._cli import data_params, defaults, option, optional, stage_command
 
-DEFAULTS = {
-    "data": "mnist5k",
-    "synthetic_run": "",
-    "synthetic_data": "",
-    "ratio": 0.5,  # synthetic fraction of the training split
-    "total": 0,  # training-set size in images for mode=replace; 0 = the real train split's size
-    "mode": "replace",
-    "convert": False,
-    "seed": 0,
-    **DATA_DEFAULTS,
-}
 MODES = ("replace", "add")  # as imaging.mixing.MODES, repeated so --help needs no pandas
+PARAMS = [
+    *data_params(help_suffix=" These are the real images; their val and test splits pass through untouched."),
+    option("synthetic_run", "", "Take the synthetic images from this synthesize run's dataset/ manifest. Give this or --synthetic-data."),
+    option("synthetic_data", "", "Take the synthetic images from this folder of class sub-folders (no train/ val/ test/). Give this or --synthetic-run."),
+    option("ratio", 0.5, "Synthetic fraction of the training split, from 0 (all real) to 1 (all synthetic); 0.6 means synthetic:real = 6:4.", float),
+    option("total", 0, "Training-set size in images (mode=replace only); 0 = the real train split's size.", click.IntRange(0)),
+    option("mode", "replace", "replace: fixed training-set size, synthetic images replace real ones; add: all real images plus ratio/(1-ratio) times as many synthetic ones.", click.Choice(MODES)),
+    option("convert", False, "true: accept synthetic images of another size or colour mode (decoding converts them to the real format); false: stop with an error.", bool),
+    option("seed", 0, "Seed of which real and synthetic images are picked per class.", click.IntRange(0)),
+]
+DEFAULTS = defaults(PARAMS)
 
 
 def synthetic_source(params: dict) -> tuple[str | None, str | None]:
@@ -59,16 +59,11 @@ def load_synthetic(params: dict):
 
     run_id, folder = synthetic_source(params)
     if run_id:
-        import mlflow
-
+        from tracking.lineage import run_manifest
         from tracking.runs import get_run
 
         run = get_run(run_id, "synthetic_run")
-        try:
-            downloaded = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="dataset")
-        except Exception as error:
-            raise InputError(f"synthetic_run {run.info.run_id} has no dataset/ artifact; pass the id of a synthesize run, or a folder with --synthetic-data.") from error
-        manifest = Manifest.load(Path(downloaded))
+        manifest = run_manifest(run.info.run_id, "synthetic_run")
         rows = manifest.frame[manifest.frame["source"] == "synthetic"]
         if rows.empty:
             raise InputError(f"synthetic_run {run.info.run_id}'s dataset/manifest.csv lists no rows with source 'synthetic'; pass the id of a synthesize run.")
@@ -115,16 +110,14 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^\w.\- /]", "_", name)  # what MLflow accepts in a metric name
 
 
-def mix(params: dict, *, nested: bool = False, run_name: str | None = None, reuse_finished: bool = False) -> dict:
-    """Mix with `params` (DEFAULTS filled in); returns the run id, the achieved counts as metrics, and the manifest."""
-    import tempfile
+def mix(params: dict, *, nested: bool = False, run_name: str | None = None, reuse: bool = False, tags: dict | None = None):
+    """Mix with `params` (DEFAULTS filled in); returns a StageResult with the achieved counts and the manifest."""
     from pathlib import Path
 
-    import mlflow
-
     from imaging.datasets import load_dataset
-    from imaging.mixing import check_ratio, format_note, mix_manifests
-    from tracking.runs import quiet_mlflow, stage_run
+    from imaging.mixing import check_ratio
+    from pipelines._cli import data_kwargs
+    from tracking.runs import get_or_run, quiet_mlflow
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
@@ -133,6 +126,30 @@ def mix(params: dict, *, nested: bool = False, run_name: str | None = None, reus
 
     real, report = load_dataset(params["data"], **data_kwargs(params))
     synthetic, synthetic_skipped, synthetic_run = load_synthetic(params)
+    key = {**params, "real_digest": real.digest, "synthetic_digest": synthetic.digest}
+    all_tags = {"synthmix.ratio": str(params["ratio"]), "synthmix.mode": params["mode"]}
+    if synthetic_run is not None:
+        all_tags["synthmix.synthetic_run"] = synthetic_run.info.run_id
+        if "synthmix.generator" in synthetic_run.data.tags:
+            all_tags["synthmix.generator"] = synthetic_run.data.tags["synthmix.generator"]
+    else:
+        all_tags["synthmix.synthetic_data"] = str(Path(params["synthetic_data"]).expanduser().resolve())
+    name = run_name or f"mix-{real.name}-r{params['ratio']:g}-{params['mode']}-s{params['seed']}"
+    return get_or_run(
+        "mix", key, lambda: _prepare(params, real, report, synthetic, synthetic_skipped),
+        run_name=name, params=params, tags={**all_tags, **(tags or {})}, nested=nested, reuse=reuse,
+    )
+
+
+def _prepare(params: dict, real, report, synthetic, synthetic_skipped: int):
+    """Draw the mix and check the formats (before any run exists); returns the logging that runs inside the run."""
+    import tempfile
+
+    import mlflow
+
+    from imaging.mixing import format_note, mix_manifests
+    from tracking.lineage import log_dataset, skipped_files
+
     mixed = mix_manifests(real, synthetic, params["ratio"], params["total"] or None, params["mode"], params["seed"])
     train_rows = mixed.split("train")
     chosen_synthetic = train_rows.frame["source"] == "synthetic"
@@ -141,66 +158,41 @@ def mix(params: dict, *, nested: bool = False, run_name: str | None = None, reus
         with tempfile.TemporaryDirectory() as folder:
             note = format_note(sample_paths(real.split("train"), folder), sample_paths(synthetic, folder), params["convert"])
 
-    hashed = {**params, "real_digest": real.digest, "synthetic_digest": synthetic.digest}
-    if reuse_finished:
-        from tracking.runs import reuse
-
-        done = reuse("mix", hashed)
-        if done is not None:
-            return {**done, "manifest": mixed}
-
     metrics: dict[str, float] = {}
     for label in mixed.classes:
         of_class = train_rows.frame["label"] == label
         metrics[f"mix/synthetic/{metric_key(label)}"] = int((of_class & chosen_synthetic).sum())
         metrics[f"mix/real/{metric_key(label)}"] = int((of_class & ~chosen_synthetic).sum())
     synthetic_total, train_total = int(chosen_synthetic.sum()), len(train_rows)
+    skipped = skipped_files(report)
+    skipped["data/skipped_images"] = skipped.get("data/skipped_images", 0) + synthetic_skipped
     metrics.update({
         "mix/synthetic_total": synthetic_total,
         "mix/real_total": train_total - synthetic_total,
         "mix/synthetic_fraction": synthetic_total / train_total,
-        "data/skipped_images": report.skipped + synthetic_skipped,
+        **skipped,
     })
 
-    tags = {"synthmix.ratio": str(params["ratio"]), "synthmix.mode": params["mode"], "synthmix.dataset_digest": mixed.digest}
-    if synthetic_run is not None:
-        tags["synthmix.synthetic_run"] = synthetic_run.info.run_id
-        if "synthmix.generator" in synthetic_run.data.tags:
-            tags["synthmix.generator"] = synthetic_run.data.tags["synthmix.generator"]
-    else:
-        tags["synthmix.synthetic_data"] = str(Path(params["synthetic_data"]).expanduser().resolve())
-    if note:
-        tags["synthmix.convert_note"] = note
-    name = run_name or f"mix-{real.name}-r{params['ratio']:g}-{params['mode']}-s{params['seed']}"
-    with stage_run("mix", name, params, tags, nested=nested, hashed=hashed) as run:
-        for split in ("train", "val", "test"):
-            rows = mixed.split(split)
-            if len(rows):
-                mlflow.log_input(rows.mlflow_dataset(), context=split)
-        mlflow.log_input(synthetic.mlflow_dataset(), context="synthetic")  # lineage: which synthetic set fed this mix
-        with tempfile.TemporaryDirectory() as folder:
-            mixed.save(Path(folder))
-            mlflow.log_artifacts(folder, "dataset")
-        mlflow.log_metrics(metrics)
+    def inside(run):
+        mlflow.set_tag("synthmix.dataset_digest", mixed.digest)
         if note:
+            mlflow.set_tag("synthmix.convert_note", note)
             print(f"[synthmix] note: {note}", flush=True)
-        return {"run_id": run.info.run_id, "metrics": metrics, "manifest": mixed}
+        # lineage: the splits of the mix, and which synthetic set fed it
+        log_dataset(mixed, {**{split: mixed.split(split) for split in ("train", "val", "test")}, "synthetic": synthetic})
+        mlflow.log_metrics(metrics)
+        return metrics, {"manifest": mixed}
+
+    return inside
 
 
-@click.command("mix", help=__doc__.split("\n\n")[0])
-@add_options(data_options(help_suffix=" These are the real images; their val and test splits pass through untouched."))
-@click.option("--synthetic-run", default="", help="Take the synthetic images from this synthesize run's dataset/ manifest. Give this or --synthetic-data.")
-@click.option("--synthetic-data", default="", help="Take the synthetic images from this folder of class sub-folders (no train/ val/ test/). Give this or --synthetic-run.")
-@click.option("--ratio", type=float, default=0.5, show_default=True, help="Synthetic fraction of the training split, from 0 (all real) to 1 (all synthetic); 0.6 means synthetic:real = 6:4.")
-@click.option("--total", type=click.IntRange(0), default=0, show_default=True, help="Training-set size in images (mode=replace only); 0 = the real train split's size.")
-@click.option("--mode", type=click.Choice(MODES), default="replace", show_default=True, help="replace: fixed training-set size, synthetic images replace real ones; add: all real images plus ratio/(1-ratio) times as many synthetic ones.")
-@click.option("--convert", type=bool, default=False, show_default=True, help="true: accept synthetic images of another size or colour mode (decoding converts them to the real format); false: stop with an error.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of which real and synthetic images are picked per class.")
-@handle_errors
-def command(**params):
+def run_command(**params):
     result = mix(params)
-    metrics = result["metrics"]
+    metrics = result.metrics
     click.echo(
         f"{metrics['mix/synthetic_total']} synthetic + {metrics['mix/real_total']} real training images "
-        f"(synthetic fraction {metrics['mix/synthetic_fraction']:.3f})  run {result['run_id']}"
+        f"(synthetic fraction {metrics['mix/synthetic_fraction']:.3f})  run {result.run_id}"
     )
+
+
+command = stage_command("mix", __doc__, PARAMS, run_command)

@@ -47,6 +47,22 @@ def test_mlproject_defaults_match_click_defaults(stage):
             assert str(spec["default"]) == str(default), name
 
 
+def test_mlproject_is_written_from_the_declared_parameters():
+    from pipelines.__main__ import mlproject as written
+
+    assert (REPO / "MLproject").read_text() == written(), "MLproject is stale: run `make mlproject`"
+
+
+def test_main_passes_on_the_stages_own_options():
+    from pipelines import evaluate, main, mix, train
+
+    ours = {p.name: p for p in main.PARAMS}
+    for stage in (train, mix, evaluate):
+        for theirs in stage.PARAMS:
+            if theirs.name in ours and theirs.name not in ("data", "seed", "corruptions", "saliency"):
+                assert (ours[theirs.name].help, type(ours[theirs.name].type)) == (theirs.help, type(theirs.type)), theirs.name
+
+
 def test_every_stage_in_the_mlproject_is_a_command():
     assert set(mlproject()["entry_points"]) == set(STAGES)
 

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import make_folder, pattern, runs_of, run_cli, write_image
 from imaging.datasets import load_dataset, materialise_mnist5k, scan_folder
 from imaging.errors import InputError
-from imaging.images import decode, to_array
+from imaging.images import BadImage, decode, open_image, to_array
 
 
 def test_mnist5k_is_materialised_once_with_a_stratified_80_10_10_split():
@@ -108,23 +108,74 @@ def test_single_class(tmp_path):
 
 def test_bad_files_are_listed_or_skipped(tmp_path):
     root = make_folder(tmp_path / "d", per_class=10)
-    (root / "ant" / "notes.txt").write_text("not an image")
+    (root / "ant" / "photo.jpg").write_text("not an image")
     good = (root / "bee" / "000.png").read_bytes()
     (root / "bee" / "cut.png").write_bytes(good[: len(good) // 2])
     with pytest.raises(InputError) as error:
         scan_folder(root)
     message = str(error.value)
-    assert "2 file(s)" in message and "ant/notes.txt (not an image" in message and "bee/cut.png (truncated" in message
-    assert "--skip-bad-images" in message
+    assert "2 file(s)" in message and "ant/photo.jpg (not an image (Pillow cannot identify the format))" in message and "bee/cut.png (truncated" in message
+    assert "--skip-bad-images" in message and "BytesIO" not in message and " at 0x" not in message
     manifest, report = scan_folder(root, skip_bad_images=True)
     assert report.skipped == 2 and len(manifest) == 30
+
+
+def test_non_image_files_are_ignored_and_counted(tmp_path):
+    root = make_folder(tmp_path / "d", per_class=5)
+    for name in ("Thumbs.db", "desktop.ini", "README", "README.md", "notes.txt", ".DS_Store"):
+        (root / "ant" / name).write_text("not an image")
+    write_image(root / "bee" / "UPPER.PNG", pattern(1, 50))
+    manifest, report = scan_folder(root)
+    assert len(manifest) == 16 and "bee/UPPER.PNG" in set(manifest.frame["path"])  # suffixes match in any case
+    assert report.skipped == 0 and report.ignored == 5  # .DS_Store is hidden, left out as before
+    assert sorted(report.ignored_files) == ["ant/README", "ant/README.md", "ant/Thumbs.db", "ant/desktop.ini", "ant/notes.txt"]
+
+
+def test_class_of_only_non_image_files(tmp_path):
+    root = make_folder(tmp_path / "d", per_class=5)
+    (root / "dog").mkdir()
+    (root / "dog" / "Thumbs.db").write_bytes(b"\0" * 10)
+    (root / "dog" / "README.md").write_text("# dogs")
+    with pytest.raises(InputError, match=r"class 'dog' has no images in .*dog \(ignored 2 non-image file\(s\), e.g. README.md; images end in .*\.png.*\); add images or remove the folder"):
+        scan_folder(root)
+
+
+def test_skipping_cannot_empty_a_class(tmp_path):
+    root = make_folder(tmp_path / "d", per_class=12)
+    for path in (root / "cat").iterdir():
+        path.write_text("not an image")
+    with pytest.raises(InputError, match=r"^class 'cat' has no usable images: all 12 of its files were skipped as bad \(cat/000.png: not an image \(Pillow cannot identify the format\)\); add readable images to cat/ or remove the folder\.$"):
+        scan_folder(root, skip_bad_images=True)
+    for path in root.rglob("*.png"):
+        path.write_text("not an image")
+    with pytest.raises(InputError, match=r"^class 'ant' has no usable images: all 12 of its files were skipped as bad"):  # not a KeyError
+        scan_folder(root, skip_bad_images=True)
+
+
+def test_skipping_cannot_empty_a_class_of_one_split(tmp_path):
+    root = make_folder(tmp_path / "d", splits={"train": 5, "test": 2})
+    for path in (root / "test" / "bee").iterdir():
+        path.write_bytes(b"")
+    with pytest.raises(InputError, match=r"^class 'bee' in test/ has no usable images: all 2 of its files were skipped as bad \(test/bee/005.png: not an image .*\); add readable images to test/bee/"):
+        scan_folder(root, skip_bad_images=True)
 
 
 def test_decompression_bomb_is_refused(tmp_path):
     root = make_folder(tmp_path / "d", per_class=5)
     write_image(root / "cat" / "huge.png", np.zeros((300, 300), np.uint8))
-    with pytest.raises(InputError, match=r"cat/huge.png \(300x300 pixels is over the limit of 10,000"):
+    with pytest.raises(InputError, match=r"cat/huge.png \(300x300 = 90,000 pixels is over the --max-pixels limit of 10,000 \(a possible decompression bomb\); raise --max-pixels if the file is genuine\)"):
         scan_folder(root, max_pixels=10_000)
+
+
+@pytest.mark.parametrize("pillow_limit", [1_000, 60_000])  # 90,000 pixels: over twice Pillow's limit (its error), over once (its warning)
+def test_max_pixels_not_pillows_limit_decides(monkeypatch, pillow_limit):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(buffer, "PNG")
+    with pytest.raises(BadImage, match=r"^300x300 = 90,000 pixels is over the --max-pixels limit of 10,000 "):
+        open_image(buffer.getvalue(), max_pixels=10_000)
+    assert open_image(buffer.getvalue(), max_pixels=100_000).size == (300, 300)  # raising --max-pixels is enough
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit
 
 
 def test_splits_with_different_classes(tmp_path):

@@ -23,10 +23,10 @@ STUDY = {
 
 def test_main_nests_train_and_evaluate_and_reuses_them_when_rerun(tiny_folder, experiment):
     first = main({**STUDY, "data": str(tiny_folder)})
-    parent = MlflowClient().get_run(first["run_id"])
+    parent = MlflowClient().get_run(first.run_id)
     children = [r for r in runs_of(experiment) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.data.tags["synthmix.stage"] for r in children) == ["evaluate", "train"]
-    evaluated = MlflowClient().get_run(first["evaluate"]["run_id"])
+    evaluated = MlflowClient().get_run(first["evaluate"].run_id)
     metrics = evaluated.data.metrics
     assert {"robust/acc/salt_pepper/1", "robust/acc/salt_pepper/5", "robust/acc/blend/5", "robust/mce"} <= set(metrics)
     assert parent.data.metrics["best/test/acc"] == metrics["test/acc"]
@@ -34,8 +34,8 @@ def test_main_nests_train_and_evaluate_and_reuses_them_when_rerun(tiny_folder, e
     assert {"saliency/gradcam_clean.png", "saliency/gradcam_salt_pepper-5.png", "robustness/accuracy.csv", "robustness/accuracy.png"} <= artifacts
 
     again = main({**STUDY, "data": str(tiny_folder)})
-    assert again["train"]["run_id"] == first["train"]["run_id"] and again["train"].get("reused")
-    assert again["evaluate"]["run_id"] == first["evaluate"]["run_id"]
+    assert again["train"].run_id == first["train"].run_id and again["train"].reused
+    assert again["evaluate"].run_id == first["evaluate"].run_id
     assert len(runs_of(experiment, "train")) == 1 and len(runs_of(experiment, "main")) == 2
 
 

@@ -223,11 +223,11 @@ def test_the_stage_logs_the_mix_that_train_reads_back(store, experiment):
     from mlflow.tracking import MlflowClient
 
     from pipelines.mix import mix
-    from pipelines.train import load_training_manifest
+    from tracking.lineage import load_manifest as load_training_manifest
 
     params = {"data": str(store["real"]), "synthetic_data": str(store["synthetic"]), "ratio": 0.5, "seed": 1}
     result = mix(params)
-    run = MlflowClient().get_run(result["run_id"])
+    run = MlflowClient().get_run(result.run_id)
     metrics = run.data.metrics
     for label in CLASSES:  # 8 real train images per class at 1:1
         assert metrics[f"mix/synthetic/{label}"] == 4 and metrics[f"mix/real/{label}"] == 4
@@ -236,7 +236,7 @@ def test_the_stage_logs_the_mix_that_train_reads_back(store, experiment):
     assert run.data.tags["synthmix.synthetic_data"] == str(store["synthetic"].resolve())
     assert run.data.params["ratio"] == "0.5" and run.data.params["mode"] == "replace"
 
-    mixed = result["manifest"]
+    mixed = result.manifest
     inputs = {next(t.value for t in entry.tags if t.key == "mlflow.data.context"): entry.dataset for entry in run.inputs.dataset_inputs}
     assert set(inputs) == {"train", "val", "test", "synthetic"}
     for split in ("train", "val", "test"):
@@ -245,7 +245,7 @@ def test_the_stage_logs_the_mix_that_train_reads_back(store, experiment):
     logged = _logged_manifest(run.info.run_id)
     assert logged.digest == mixed.digest
     trained_on, skipped = load_training_manifest({"dataset_run": run.info.run_id, "data": "mnist5k"})
-    assert trained_on.digest == mixed.digest and skipped == 0
+    assert trained_on.digest == mixed.digest and skipped is None  # no folder was scanned
 
     # synthetic rows from a folder carry absolute paths, which the real root leaves alone
     paths = logged.split("train").local_paths()
@@ -259,8 +259,8 @@ def test_the_stage_logs_the_mix_that_train_reads_back(store, experiment):
     for split in ("val", "test"):
         assert logged.split(split).digest == real.split(split).digest
 
-    again = mix(params, reuse_finished=True)
-    assert again["run_id"] == run.info.run_id and again.get("reused")
+    again = mix(params, reuse=True)
+    assert again.run_id == run.info.run_id and again.reused
 
 
 def test_the_stage_mixes_a_synthesize_runs_images(store, experiment):
@@ -281,7 +281,7 @@ def test_the_stage_mixes_a_synthesize_runs_images(store, experiment):
         mlflow.log_artifacts(str(store["root"] / "synthesis-manifest"), "dataset")
 
     result = mix({"data": str(store["real"]), "synthetic_run": synthesis.info.run_id, "ratio": 0.6, "mode": "add"})
-    run = MlflowClient().get_run(result["run_id"])
+    run = MlflowClient().get_run(result.run_id)
     assert run.data.tags["synthmix.synthetic_run"] == synthesis.info.run_id
     assert run.data.tags["synthmix.generator"] == "dcgan"
     assert (run.data.metrics["mix/synthetic_total"], run.data.metrics["mix/real_total"]) == (36, 24)  # 24 real + 1.5x as many
@@ -306,9 +306,9 @@ def test_a_size_mismatch_stops_before_a_run_unless_converting(store, experiment)
     assert _run_count(experiment) == before
 
     result = mix({**params, "convert": True})
-    note = MlflowClient().get_run(result["run_id"]).data.tags["synthmix.convert_note"]
+    note = MlflowClient().get_run(result.run_id).data.tags["synthmix.convert_note"]
     assert note == "synthetic images are 20x20x3; they will be converted to the real images' 16x16x1 when decoded"
-    assert _logged_manifest(result["run_id"]).frame["path"].str.endswith(".png").all()  # still the original files
+    assert _logged_manifest(result.run_id).frame["path"].str.endswith(".png").all()  # still the original files
 
 
 @pytest.mark.parametrize(

@@ -25,17 +25,17 @@ def test_corrupt_writes_the_split_in_the_source_format_with_provenance(tmp_path,
     root = make_folder(tmp_path / "d", per_class=20, size=32)
     write_image(root / "ant" / "photo.jpg", np.full((32, 32, 3), 120, np.uint8))
     result = corrupt_split({"data": str(root), "kind": "salt_pepper", "severity": 2, "split": "test", "test_fraction": 0.25, "seed": 3})
-    manifest = result["manifest"]
+    manifest = result.manifest
     test = manifest.frame[manifest.frame["split"] == "test"]
     untouched = manifest.frame[manifest.frame["split"] != "test"]
-    assert (test["run_id"] == result["run_id"]).all() and (test["corruption"] == "salt_pepper").all()
+    assert (test["run_id"] == result.run_id).all() and (test["corruption"] == "salt_pepper").all()
     assert (untouched["run_id"] == "").all() and (untouched["corruption"] == "").all()
     original, _ = scan_folder(root, test_fraction=0.25)
     sources = original.frame.set_index("path")
     for _, row in test.iterrows():
         clean_bytes = (root / row["source_path"]).read_bytes()
         assert row["source_sha256"] == sources.loc[row["source_path"], "sha256"] == hashlib.sha256(clean_bytes).hexdigest()
-        local = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path=row["path"])
+        local = mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=row["path"])
         data = open(local, "rb").read()
         assert hashlib.sha256(data).hexdigest() == row["sha256"]
         clean, dirty = decode(clean_bytes), decode(data)
@@ -45,8 +45,8 @@ def test_corrupt_writes_the_split_in_the_source_format_with_provenance(tmp_path,
             expected = round(0.05 * 32 * 32)
             assert 0 < int((clean != dirty).any(axis=2).sum()) <= expected
     # the corrupted dataset trains as it is
-    trained = train({"dataset_run": result["run_id"], **FAST, "epochs": 1})
-    assert MlflowClient().get_run(trained["run_id"]).info.status == "FINISHED"
+    trained = train({"dataset_run": result.run_id, **FAST, "epochs": 1})
+    assert MlflowClient().get_run(trained.run_id).info.status == "FINISHED"
 
 
 def test_corrupt_rejects_a_bad_kind_before_writing_anything(tmp_path, experiment):
@@ -70,21 +70,21 @@ def test_corruption_errors_follow_hendrycks_and_dietterich():
 
 
 def test_evaluate_scores_every_kind_and_severity_and_normalises_by_a_baseline(tiny_folder, experiment):
-    model = train({"data": str(tiny_folder), **FAST})["run_id"]
-    baseline_model = train({"data": str(tiny_folder), **FAST, "seed": 1})["run_id"]
+    model = train({"data": str(tiny_folder), **FAST}).run_id
+    baseline_model = train({"data": str(tiny_folder), **FAST, "seed": 1}).run_id
     spec = {"corruptions": "salt_pepper,gaussian_noise", "severities": "1,5"}
     baseline = evaluate({"train_run": baseline_model, **spec})
-    result = evaluate({"train_run": model, **spec, "baseline_run": baseline["run_id"]})
-    metrics = MlflowClient().get_run(result["run_id"]).data.metrics
-    base = MlflowClient().get_run(baseline["run_id"]).data.metrics
+    result = evaluate({"train_run": model, **spec, "baseline_run": baseline.run_id})
+    metrics = MlflowClient().get_run(result.run_id).data.metrics
+    base = MlflowClient().get_run(baseline.run_id).data.metrics
     for kind in ("salt_pepper", "gaussian_noise"):
         expected = sum(1 - metrics[f"robust/acc/{kind}/{s}"] for s in (1, 5)) / sum(1 - base[f"robust/acc/{kind}/{s}"] for s in (1, 5))
         assert metrics[f"robust/ce/{kind}"] == pytest.approx(expected)
-    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="robustness/accuracy.csv"), index_col=0)
+    table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="robustness/accuracy.csv"), index_col=0)
     assert list(table.columns) == ["clean", "1", "5"] and list(table.index) == ["salt_pepper", "gaussian_noise"]
     assert table.loc["salt_pepper", "5"] == pytest.approx(metrics["robust/acc/salt_pepper/5"], abs=1e-4)
     with pytest.raises(InputError, match=r"baseline_run .* lacks robust/acc for \['blend/1'"):
-        evaluate({"train_run": model, "corruptions": "blend", "severities": "1", "baseline_run": baseline["run_id"]})
+        evaluate({"train_run": model, "corruptions": "blend", "severities": "1", "baseline_run": baseline.run_id})
 
 
 def test_evaluate_rejects_unknown_corruptions_and_severities():
@@ -112,7 +112,7 @@ def test_augment_corrupts_training_batches(tiny_folder, experiment, monkeypatch)
     clean = train({"data": str(tiny_folder), **FAST})
     noisy = train({"data": str(tiny_folder), **FAST, "augment": "salt_pepper:5:1.0"})
     assert len(seen) == 2 * 3 and min(seen) > 0.2  # 3 batches an epoch; every image had 30% of its pixels replaced
-    assert MlflowClient().get_run(noisy["run_id"]).data.params["augment"] == "salt_pepper:5:1.0"
-    assert noisy["metrics"]["train/loss"] != clean["metrics"]["train/loss"]
+    assert MlflowClient().get_run(noisy.run_id).data.params["augment"] == "salt_pepper:5:1.0"
+    assert noisy.metrics["train/loss"] != clean.metrics["train/loss"]
     with pytest.raises(InputError, match="augment item 'salt_pepper:9:0.5' has severity '9'"):
         train({"data": str(tiny_folder), **FAST, "augment": "salt_pepper:9:0.5"})

@@ -34,28 +34,28 @@ def test_text2img_writes_each_class_in_the_real_format_with_prompts_and_seeds(ti
     prompt_file.write_text("bee: a macro photo of a bee on a flower\n")
     params = {"data": str(tiny_folder), "generator": "stable-diffusion", "model_id": str(tiny_sd), "prompt": "a photo of a {label}", "prompt_file": str(prompt_file), **QUICK}
     result = synthesize(params)
-    frame = result["manifest"].frame
+    frame = result.manifest.frame
     assert frame.groupby("label").size().to_dict() == {"ant": 2, "bee": 2, "cat": 2}
     assert set(frame["prompt"]) == {"a photo of a ant", "a macro photo of a bee on a flower", "a photo of a cat"}
-    assert (frame["source"] == "synthetic").all() and (frame["run_id"] == result["run_id"]).all() and (frame["split"] == "train").all()
+    assert (frame["source"] == "synthetic").all() and (frame["run_id"] == result.run_id).all() and (frame["split"] == "train").all()
     assert frame["seed"].nunique() == 6
     for path in frame["path"]:
-        image = Image.open(io.BytesIO(image_bytes(result["run_id"], path)))
+        image = Image.open(io.BytesIO(image_bytes(result.run_id, path)))
         assert image.format == "PNG" and image.mode == "L" and image.size == (16, 16)  # like the real images
-    logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="dataset/manifest.csv"))
+    logged = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="dataset/manifest.csv"))
     assert logged["sha256"].tolist() == frame["sha256"].tolist()
-    run = MlflowClient().get_run(result["run_id"])
+    run = MlflowClient().get_run(result.run_id)
     assert run.data.tags["synthmix.generator"] == "stable-diffusion" and run.data.metrics["perf/imgs_per_s"] > 0
-    assert {a.path for a in MlflowClient().list_artifacts(result["run_id"], "samples")} == {"samples/ant.png", "samples/bee.png", "samples/cat.png"}
+    assert {a.path for a in MlflowClient().list_artifacts(result.run_id, "samples")} == {"samples/ant.png", "samples/bee.png", "samples/cat.png"}
     again = synthesize(params)
-    assert again["manifest"].frame["sha256"].tolist() == frame["sha256"].tolist()  # same seed, same bytes
+    assert again.manifest.frame["sha256"].tolist() == frame["sha256"].tolist()  # same seed, same bytes
     other = synthesize({**params, "seed": 1})
-    assert other["manifest"].frame["sha256"].tolist() != frame["sha256"].tolist()
+    assert other.manifest.frame["sha256"].tolist() != frame["sha256"].tolist()
 
 
 def test_img2img_records_the_real_train_image_each_output_came_from(tiny_folder, tiny_sd, experiment):
     result = synthesize({"data": str(tiny_folder), "generator": "img2img", "model_id": str(tiny_sd), "prompt": "{label} in heavy snow", "strength": 0.5, **QUICK})
-    frame = result["manifest"].frame
+    frame = result.manifest.frame
     manifest = __import__("imaging.datasets", fromlist=["scan_folder"]).scan_folder(tiny_folder)[0]
     train_paths = dict(zip(manifest.frame["path"], manifest.frame["split"]))
     for _, row in frame.iterrows():
@@ -86,36 +86,36 @@ def test_images_the_safety_checker_blanks_are_dropped_counted_and_replaced(tiny_
     monkeypatch.setattr(diffusion, "load_text2img", with_checker)
     params = {"data": str(tiny_folder), "generator": "stable-diffusion", "model_id": str(tiny_sd), **QUICK, "per_class": 4}
     probe = synthesize(params)
-    assert MlflowClient().get_run(probe["run_id"]).data.metrics["synth/safety_dropped"] == 0
+    assert MlflowClient().get_run(probe.run_id).data.metrics["synth/safety_dropped"] == 0
     threshold["value"] = float(np.quantile(seen, 0.75))  # blank the brightest quarter
     result = synthesize(params)
-    metrics = MlflowClient().get_run(result["run_id"]).data.metrics
+    metrics = MlflowClient().get_run(result.run_id).data.metrics
     assert metrics["synth/safety_dropped"] >= 2
-    frame = result["manifest"].frame
+    frame = result.manifest.frame
     assert frame.groupby("label").size().to_dict() == {"ant": 4, "bee": 4, "cat": 4}
-    changed = [a != b for a, b in zip(frame["seed"], probe["manifest"].frame["seed"])]
+    changed = [a != b for a, b in zip(frame["seed"], probe.manifest.frame["seed"])]
     assert sum(changed) >= 2 and not all(changed)  # only the blanked images were drawn again, with new seeds
     for path in frame["path"]:
-        assert np.asarray(Image.open(io.BytesIO(image_bytes(result["run_id"], path)))).max() > 0  # no blanked image kept
+        assert np.asarray(Image.open(io.BytesIO(image_bytes(result.run_id, path)))).max() > 0  # no blanked image kept
 
 
 @pytest.mark.parametrize("kind", ["dcgan", "vae", "ddpm"])
 def test_trained_generator_logs_curves_checkpoint_quality_and_samples_again_from_its_run(kind, tiny_folder, experiment):
     params = {"data": str(tiny_folder), "generator": kind, "epochs": 1, "per_class": 5, "steps": 2, "quality_epochs": 1}
     result = synthesize(params)
-    run_id = result["run_id"]
+    run_id = result.run_id
     run = MlflowClient().get_run(run_id)
     curves = [key for key in run.data.metrics if key.startswith("gen/")]
     assert curves and all([m.step for m in MlflowClient().get_metric_history(run_id, key)] == [0] for key in curves)
     assert 0 <= run.data.metrics["synth/cas"] <= 1 and 0 <= run.data.metrics["synth/detectability"] <= 1 and run.data.metrics["synth/fid"] >= 0
     assert {a.path for a in MlflowClient().list_artifacts(run_id, "generator")} >= {"generator/generator.pt"}
-    frame = result["manifest"].frame
+    frame = result.manifest.frame
     assert frame.groupby("label").size().to_dict() == {"ant": 5, "bee": 5, "cat": 5}
     image = Image.open(io.BytesIO(image_bytes(run_id, frame["path"][0])))
     assert image.mode == "L" and image.size == (16, 16)
     resampled = synthesize({**params, "generator_run": run_id, "quality": False})
-    assert resampled["manifest"].frame["sha256"].tolist() == frame["sha256"].tolist()
-    assert "gen/loss" not in MlflowClient().get_run(resampled["run_id"]).data.metrics  # not retrained
+    assert resampled.manifest.frame["sha256"].tolist() == frame["sha256"].tolist()
+    assert "gen/loss" not in MlflowClient().get_run(resampled.run_id).data.metrics  # not retrained
 
 
 def test_bad_synthesis_input_is_refused_before_any_run(tiny_folder, experiment, tmp_path, monkeypatch):

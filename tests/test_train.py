@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import signal
 import subprocess
@@ -42,10 +43,17 @@ def checkpoint_state(run_id: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def model_state(run_id: str) -> dict:
+    """The checkpoint inside the logged model: the one a finished run keeps."""
+    folder = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
+    [path] = list(Path(folder).rglob("model.pt"))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 @pytest.fixture
 def trained(tiny_folder, experiment):
     result = train({"data": str(tiny_folder), **FAST})
-    return result["run_id"], tiny_folder
+    return result.run_id, tiny_folder
 
 
 def test_train_logs_params_metrics_checkpoint_confusion_matrix_and_model(trained):
@@ -61,13 +69,14 @@ def test_train_logs_params_metrics_checkpoint_confusion_matrix_and_model(trained
     assert losses[1] < losses[0]
     assert history(run_id, "val/acc")[-1][1] > 0.6  # the bars are easy to learn
     files = artifact_paths(run_id)
-    assert {"checkpoints/last.pt", "confusion_matrix/val.png", "confusion_matrix/val.json", "dataset/manifest.csv"} <= files
+    assert {"confusion_matrix/val.png", "confusion_matrix/val.json", "dataset/manifest.csv"} <= files
+    assert not any(f.startswith("checkpoints/") for f in files)  # the model keeps the weights; no optimiser state left
     [logged] = MlflowClient().search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     assert logged.name == "model"
     matrix = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/confusion_matrix/val.json"))
     assert matrix["classes"] == ["ant", "bee", "cat"] and np.array(matrix["matrix"]).sum() == 6
-    state = checkpoint_state(run_id)
-    assert state["epoch"] == 1 and {"model", "optimizer", "scheduler", "rng", "params", "spec"} <= set(state)
+    state = model_state(run_id)
+    assert set(state) == {"spec", "model"} and state["spec"]["classes"] == ["ant", "bee", "cat"]
     # the dataset is logged as an input with the manifest's digest
     manifest, _ = scan_folder(folder)
     inputs = {(d.dataset.name, d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs}
@@ -84,7 +93,7 @@ def test_logged_model_predicts_from_image_bytes_like_the_network(trained):
     assert np.allclose(out[["p_ant", "p_bee", "p_cat"]].sum(axis=1), 1.0, atol=1e-5)
     from models.serving import network_from_checkpoint, preprocess
 
-    network, spec = network_from_checkpoint(checkpoint_state(run_id))
+    network, spec = network_from_checkpoint(model_state(run_id))
     with torch.no_grad():
         expected = network(preprocess([f.read_bytes() for f in files], spec)).argmax(1)
     assert out["label"].tolist() == [spec.classes[i] for i in expected]
@@ -94,15 +103,15 @@ def test_same_seed_same_metrics_other_seed_other_metrics(tiny_folder, experiment
     first = train({"data": str(tiny_folder), **FAST, "seed": 1})
     second = train({"data": str(tiny_folder), **FAST, "seed": 1})
     third = train({"data": str(tiny_folder), **FAST, "seed": 2})
-    assert first["run_id"] != second["run_id"]
+    assert first.run_id != second.run_id
     for key in ("train/loss", "val/loss", "val/acc"):
-        assert history(first["run_id"], key) == history(second["run_id"], key)
-    assert history(first["run_id"], "train/loss") != history(third["run_id"], "train/loss")
+        assert history(first.run_id, key) == history(second.run_id, key)
+    assert history(first.run_id, "train/loss") != history(third.run_id, "train/loss")
 
 
 def test_sigkill_then_rerun_resumes_to_the_uninterrupted_result(tmp_path, experiment):
     folder = make_folder(tmp_path / "resume", per_class=60, size=24)
-    args = ["train", "--data", str(folder), "--model", "smallcnn", "--epochs", "3", "--batch-size", "8", "--seed", "5"]
+    args = ["train", "--data", str(folder), "--model", "smallcnn", "--epochs", "3", "--batch-size", "8", "--seed", "5", "--checkpoint-every", "0"]
     process = subprocess.Popen([sys.executable, "-m", "pipelines", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
     for line in process.stdout:
         if "epoch 1/3" in line and "checkpoint saved" in line:
@@ -123,9 +132,19 @@ def test_sigkill_then_rerun_resumes_to_the_uninterrupted_result(tmp_path, experi
     reference = train({"data": str(folder), "model": "smallcnn", "epochs": 3, "batch_size": 8, "seed": 5})
     for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
         resumed_history = sorted({step: value for step, value in history(run.info.run_id, key)}.items())
-        assert resumed_history == history(reference["run_id"], key), key
-    ours, theirs = checkpoint_state(run.info.run_id)["model"], checkpoint_state(reference["run_id"])["model"]
+        assert resumed_history == history(reference.run_id, key), key
+    ours, theirs = model_state(run.info.run_id)["model"], model_state(reference.run_id)["model"]
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_checkpoints_by_time_and_kept_only_when_asked(tiny_folder, experiment):
+    every_epoch = train({"data": str(tiny_folder), **FAST, "epochs": 3, "checkpoint_every": 0, "keep_checkpoint": True})
+    state = checkpoint_state(every_epoch.run_id)  # the finished state, optimiser included
+    assert state["epoch"] == 2 and {"model", "optimizer", "scheduler", "rng", "params", "spec"} <= set(state)
+    assert all(torch.equal(state["model"][k], v) for k, v in model_state(every_epoch.run_id)["model"].items())
+    rarely = run_cli("train", "--data", str(tiny_folder), "--model", "smallcnn", "--epochs", "3", "--checkpoint-every", "3600")
+    assert rarely.returncode == 0, rarely.stderr
+    assert "checkpoint saved" not in rarely.stdout  # an hour never passed between epochs
 
 
 def test_resume_run_that_does_not_exist(experiment):
@@ -161,7 +180,7 @@ def test_weights_file_is_loaded_and_a_bad_one_is_named(tmp_path):
 def test_evaluate_logs_test_metrics_report_confusion_matrix_and_misclassified(trained):
     run_id, folder = trained
     result = evaluate({"train_run": run_id})
-    metrics = MlflowClient().get_run(result["run_id"]).data.metrics
+    metrics = MlflowClient().get_run(result.run_id).data.metrics
     manifest, _ = scan_folder(folder)
     test_files = manifest.split("test").local_paths()
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
@@ -169,9 +188,9 @@ def test_evaluate_logs_test_metrics_report_confusion_matrix_and_misclassified(tr
     expected_acc = float((predicted.to_numpy() == manifest.split("test").frame["label"].to_numpy()).mean())
     assert metrics["test/acc"] == pytest.approx(expected_acc)
     assert 0 <= metrics["test/macro_f1"] <= 1 and metrics["test/images"] == len(test_files)
-    files = artifact_paths(result["run_id"])
+    files = artifact_paths(result.run_id)
     assert {"confusion_matrix/test.png", "confusion_matrix/test.json", "reports/test_classification_report.json", "misclassified/test.png"} <= files
-    report = json.loads(mlflow.artifacts.load_text(f"runs:/{result['run_id']}/reports/test_classification_report.json"))
+    report = json.loads(mlflow.artifacts.load_text(f"runs:/{result.run_id}/reports/test_classification_report.json"))
     assert {"ant", "bee", "cat", "macro avg"} <= set(report)
 
 
@@ -182,7 +201,7 @@ def test_evaluate_refuses_test_classes_the_model_lacks_and_accepts_fewer(trained
         evaluate({"train_run": run_id, "data": str(other)})
     fewer = make_folder(tmp_path / "fewer", classes=("ant", "cat"), per_class=10)
     result = evaluate({"train_run": run_id, "data": str(fewer)})
-    assert result["metrics"]["test/images"] == 2
+    assert result.metrics["test/images"] == 2
 
 
 def test_evaluate_without_a_model(experiment):

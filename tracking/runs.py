@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 from contextlib import contextmanager
-from functools import lru_cache
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -24,6 +26,9 @@ CODE_PACKAGES = ("pipelines", "models", "imaging", "tracking")
 TAG_STAGE = "synthmix.stage"
 TAG_CONFIG = "synthmix.config_hash"
 TAG_CODE = "synthmix.code_version"
+EXPERIMENT = "synthmix"  # runs go here unless MLFLOW_EXPERIMENT_NAME / _ID (or `mlflow run --experiment-name`) say otherwise
+# MLflow 3 shows an experiment as GenAI or as model training by this tag
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 @lru_cache(maxsize=1)
@@ -41,13 +46,26 @@ def config_hash(stage: str, params: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+# MLflow 3 opens an experiment on its GenAI pages unless the URL asks for model training
+# (the experiment tag alone does not change what a fresh browser shows, checked in 3.17.2)
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_base() -> str:
+    """Where the MLflow UI for the current tracking store is (or what to start to see it)."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/") + "/"
+    return "http://127.0.0.1:5000/"
+
+
 def run_url(run) -> str:
     """The run's page: on the tracking server, or what to start to see it locally."""
+    page = f"{ui_base()}#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}?{TRAINING_VIEW}"
     uri = mlflow.get_tracking_uri()
-    page = f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}"
-    return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000/{page}"
+        return page
+    return f"run `mlflow ui --backend-store-uri {uri}` and open {page}"
 
 
 def announce(run, verb: str = "started") -> None:
@@ -72,13 +90,35 @@ def log_params_once(params: dict) -> None:
         mlflow.log_params({k: v for k, v in resolved.items() if k not in existing})
 
 
-@contextmanager
-def stage_run(stage: str, run_name: str, params: dict, tags: dict | None = None, *, run_id: str | None = None, nested: bool = False, hashed: dict | None = None):
-    """Start (or reopen `run_id`) a run for `stage`, tagged and with its parameters logged once.
+def use_experiment() -> str:
+    """Make runs go to a named experiment that the MLflow UI shows as model training; returns its id.
 
-    `hashed` is what the config hash covers (default: `params`); put upstream digests in it.
+    An explicit choice (MLFLOW_EXPERIMENT_NAME or _ID, `mlflow run --experiment-name`,
+    `mlflow.set_experiment`) wins; otherwise the experiment is "synthmix", not "Default".
+    When `mlflow run` already opened a run in "Default", that run gets a note pointing at ours.
     """
-    all_tags = {TAG_STAGE: stage, TAG_CONFIG: config_hash(stage, params if hashed is None else hashed), TAG_CODE: code_version(), **(tags or {})}
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    client = MlflowClient()
+    if mlflow.active_run() is None and not os.environ.get("MLFLOW_EXPERIMENT_NAME") and _get_experiment_id() in (None, "0"):
+        project_run = os.environ.pop("MLFLOW_RUN_ID", None)
+        experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
+        if project_run:
+            note = f"synthmix logs to the experiment '{EXPERIMENT}' (id {experiment_id}); open it for this command's runs, or pass --experiment-name."
+            client.set_tag(project_run, "mlflow.note.content", note)
+            print(f"[synthmix] {note}", flush=True)
+    experiment_id = _get_experiment_id()
+    experiment = client.get_experiment(experiment_id)
+    if experiment is not None and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment_id
+
+
+@contextmanager
+def stage_run(stage: str, run_name: str, params: dict, tags: dict | None = None, *, run_id: str | None = None, nested: bool = False, key_hash: str = ""):
+    """Start (or reopen `run_id`) a run for `stage`, tagged and with its parameters logged once."""
+    use_experiment()
+    all_tags = {TAG_STAGE: stage, TAG_CONFIG: key_hash or config_hash(stage, params), TAG_CODE: code_version(), **(tags or {})}
     project_run = os.environ.get("MLFLOW_RUN_ID")
     if run_id and project_run and project_run != run_id and not nested:
         # `mlflow run` made a fresh run for us, but we continue another: point the fresh one at it
@@ -95,26 +135,77 @@ def stage_run(stage: str, run_name: str, params: dict, tags: dict | None = None,
         yield run
 
 
-def find_runs(stage: str, params: dict, statuses: tuple[str, ...]) -> list:
-    """Runs of `stage` in the current experiment with the same config hash and one of `statuses`, newest first."""
+def find_runs(stage: str, key_hash: str, statuses: tuple[str, ...]) -> list:
+    """Runs of `stage` in the current experiment with this config hash and one of `statuses`, newest first."""
     from mlflow.tracking.fluent import _get_experiment_id
 
     runs = mlflow.search_runs(
         experiment_ids=[_get_experiment_id()],
-        filter_string=f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_CONFIG}` = '{config_hash(stage, params)}'",
+        filter_string=f"tags.`{TAG_STAGE}` = '{stage}' AND tags.`{TAG_CONFIG}` = '{key_hash}'",
         order_by=["attributes.start_time DESC"],
         output_format="list",
     )
     return [run for run in runs if run.info.status in statuses]
 
 
-def reuse(stage: str, hashed: dict) -> dict | None:
-    """A finished run of `stage` with this config, as a stage result, or None."""
-    runs = find_runs(stage, hashed, ("FINISHED",))
-    if not runs:
-        return None
-    announce(runs[0], "reused (same config, code and inputs)")
-    return {"run_id": runs[0].info.run_id, "metrics": dict(runs[0].data.metrics), "reused": True}
+@dataclass
+class StageResult:
+    """What every stage returns, whether it ran now or a finished run was reused."""
+
+    stage: str
+    run_id: str
+    metrics: dict[str, float]
+    reused: bool = False
+    extra: dict = field(default_factory=dict)  # in-memory outputs of a fresh run (e.g. the classifier spec)
+
+    @cached_property
+    def manifest(self):
+        """The dataset the run logged under dataset/ (a mix, a corrupted copy, synthetic images)."""
+        from tracking.lineage import run_manifest
+
+        return run_manifest(self.run_id, f"{self.stage} run")
+
+    @property
+    def run(self):
+        return MlflowClient().get_run(self.run_id)
+
+
+def get_or_run(
+    stage: str,
+    key: dict,
+    prepare: Callable[[], Callable],
+    *,
+    run_name: str,
+    params: dict,
+    tags: dict | None = None,
+    nested: bool = False,
+    reuse: bool = True,
+    resume: Callable[[str], object] | None = None,
+) -> StageResult:
+    """The one way a stage runs: a finished run with the same key is returned as it is. On a miss,
+    `prepare()` loads what is heavy and checks it (bad input raises here, before any run exists)
+    and returns `work`; `work(run)` runs inside a new run (or the run `resume(key_hash)` returns)
+    and returns the run's metrics, or (metrics, extra outputs).
+
+    `key` must be cheap to compute: parameters that change the result, upstream run ids and
+    dataset digests. The code version is added here.
+    """
+    key_hash = config_hash(stage, key)
+    if reuse:
+        finished = find_runs(stage, key_hash, ("FINISHED",))
+        if finished:
+            announce(finished[0], "reused (same config, code and inputs)")
+            return StageResult(stage, finished[0].info.run_id, dict(finished[0].data.metrics), reused=True)
+    work = prepare()
+    resumed = resume(key_hash) if resume is not None else None
+    run_id = resumed.info.run_id if resumed is not None else None
+    with stage_run(stage, run_name, params, tags, run_id=run_id, nested=nested, key_hash=key_hash) as run:
+        outcome = work(run)
+    metrics, extra = (outcome, {}) if not isinstance(outcome, tuple) else outcome
+    result = StageResult(stage, run.info.run_id, dict(metrics or {}), extra=dict(extra))
+    if "manifest" in result.extra:
+        result.__dict__["manifest"] = result.extra.pop("manifest")  # no need to download what is in memory
+    return result
 
 
 def get_run(run_id: str, what: str = "run"):
@@ -142,6 +233,16 @@ def has_artifact(run_id: str, path: str) -> bool:
         return any(f.path == path for f in MlflowClient().list_artifacts(run_id, folder or None))
     except Exception:
         return False
+
+
+def delete_artifacts(run_id: str, path: str) -> None:
+    """Remove a run's artifact folder where the artifact store allows it (local, mlflow-artifacts, S3, ...)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        get_artifact_repository(MlflowClient().get_run(run_id).info.artifact_uri).delete_artifacts(path)
+    except Exception as error:  # a store without deletion keeps the file; nothing else depends on it
+        print(f"[synthmix] could not delete {path}/ of run {run_id} ({error.__class__.__name__}); it stays", flush=True)
 
 
 def quiet_mlflow() -> None:

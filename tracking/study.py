@@ -1,0 +1,134 @@
+"""The study's answer on its parent run: statistics over seeds, the headline as the run's
+description, study/... metrics for the UI's chart view, figures, tables and report.html.
+
+`results` has one row per cell (ratio, augment, seed) with its status and the
+evaluate run's metrics; `steps` one row per step run, for the report's run table.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from tracking.figures import log_figure
+from tracking.report import accuracy_figure, robust_figure, write_report
+from tracking.runs import TRAINING_VIEW, run_url, ui_base
+from tracking.statistics import headline, headline_facts, study_metric_series, study_metrics, summarise, to_markdown
+
+SAMPLE_GRIDS = 10  # synthetic sample grids (one per class) shown in the report
+
+
+def with_robust_means(results: pd.DataFrame, kinds: list[str]) -> pd.DataFrame:
+    """Add robust/acc/<kind> (mean over the severities) and robust/acc (mean over the kinds)."""
+    results = results.copy()
+    for kind in kinds:
+        columns = [c for c in results.columns if c.startswith(f"robust/acc/{kind}/")]
+        if columns:
+            results[f"robust/acc/{kind}"] = results[columns].mean(axis=1)
+    per_kind = [f"robust/acc/{kind}" for kind in kinds if f"robust/acc/{kind}" in results]
+    if per_kind:
+        results["robust/acc"] = results[per_kind].mean(axis=1)
+    return results
+
+
+def study_urls(run, study: str) -> dict[str, str]:
+    """The study's pages in the MLflow UI: its parent run, its steps as a table, and as charts."""
+    steps = f"{ui_base()}#/experiments/{run.info.experiment_id}/runs?{TRAINING_VIEW}&searchFilter=" + _quote(f"tags.`synthmix.study` = '{study}'")
+    return {"run": run_url(run), "table": steps, "charts": steps + "&compareRunsMode=CHART"}
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="")
+
+
+def _confusion(rows: pd.DataFrame) -> list:
+    """One confusion matrix per cell, summed over its seeds."""
+    import numpy as np
+
+    cells = []
+    for (augment, ratio), group in rows.groupby(["augment", "ratio"], sort=True):
+        total, classes = None, None
+        for run_id in group["evaluate_run"]:
+            data = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/confusion_matrix/test.json"))
+            matrix = np.asarray(data["matrix"])
+            total, classes = (matrix if total is None else total + matrix), data["classes"]
+        cells.append((f"{ratio:.0%} synthetic · {augment} · {len(group)} seed(s)", total, classes))
+    return cells
+
+
+def _synthesis(synthesis) -> dict | None:
+    if synthesis is None:
+        return None
+    run = MlflowClient().get_run(synthesis.run_id)
+    samples = []
+    try:
+        folder = Path(mlflow.artifacts.download_artifacts(run_id=synthesis.run_id, artifact_path="samples"))
+        samples = [path.read_bytes() for path in sorted(folder.glob("*.png"))[:SAMPLE_GRIDS]]
+    except Exception:
+        pass  # a synthesis run made elsewhere may have no sample grids
+    return {
+        "run_id": synthesis.run_id,
+        "generator": run.data.tags.get("synthmix.generator", run.data.params.get("generator", "")),
+        "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if k.startswith("synth/")},
+        "samples": samples,
+    }
+
+
+def answer(run, params: dict, results: pd.DataFrame, steps: pd.DataFrame, plan: dict, synthesis, seconds: dict) -> dict:
+    """Statistics, headline, metrics, figures and report of a finished set of cells, logged on `run`."""
+    results = with_robust_means(results, plan["kinds"])
+    candidates = ["test/acc", "test/macro_f1", *[f"robust/acc/{k}" for k in plan["kinds"]], "robust/acc", "robust/mce", "val/acc"]
+    metrics = [m for m in candidates if m in results]
+    ok = results[results["status"] == "ok"] if "status" in results else results.iloc[0:0]
+    cells_ok, cells_failed = len(ok), int((results["status"] != "ok").sum()) if len(results) else 0
+    facts = {"cells_ok": cells_ok, "cells_failed": cells_failed}
+    client = MlflowClient()
+    urls = study_urls(run, plan["study"])
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        results.to_csv(out / "results.csv", index=False)
+        steps.to_csv(out / "runs.csv", index=False)
+        figures, summary = {}, None
+        if cells_ok:
+            summary = summarise(results, metrics)
+            sentence = headline(summary, params["tolerance"])
+            facts["answer"] = headline_facts(summary, params["tolerance"])
+            summary.to_csv(out / "summary.csv", index=False)
+            (out / "summary.md").write_text(f"{sentence}\n\n{to_markdown(summary, metrics)}\n")
+            mlflow.log_metrics(study_metrics(summary))
+            for key, value, step in study_metric_series(summary):
+                mlflow.log_metric(key, value, step=step)
+            figures["Test accuracy against the synthetic share of the training set (95% CI over seeds)"] = accuracy_figure(summary, tolerance=params["tolerance"])
+            if plan["kinds"]:
+                figures["Robust accuracy per corruption (mean over severities) against the synthetic share"] = robust_figure(summary, plan["kinds"])
+        else:
+            sentence = f"No cell of the study finished ({cells_failed} failed), so there is no answer; the runs table says why."
+        facts["headline"] = sentence
+        client.set_tag(run.info.run_id, "mlflow.note.content", sentence)  # the run's description in the UI
+        notes = [
+            f"Study {plan['study']}: {params['model']}, {params['epochs']} epoch(s), batch {params['batch_size']}, lr {params['lr']}; "
+            f"synthetic fractions {', '.join(f'{r:.0%}' for r in plan['ratios'])}; arms {', '.join(a.replace(',', '+') or 'none' for a in plan['augments'])}; "
+            f"seeds {', '.join(map(str, plan['seeds']))}.",
+            f"Data {params['data']}: models are chosen on validation data; every number here is on the real test split. "
+            f"Robust accuracy: corruptions {', '.join(plan['kinds']) or 'none'} at severities {params['severities']}.",
+            f"Study run {run.info.run_id}; its steps in the MLflow UI: {urls['table']}",
+        ]
+        html = write_report(
+            out / "report.html", title=f"synthmix study: {plan['study']}", headline=sentence,
+            summary=summary if summary is not None else pd.DataFrame(columns=["augment", "ratio", "n"]), metrics=metrics if summary is not None else [],
+            figures=figures, confusion=_confusion(ok) if cells_ok else [], synthesis=_synthesis(synthesis), runs=steps, notes=notes,
+        )
+        mlflow.log_artifacts(str(out))
+        for name, figure in zip(("accuracy", "robustness"), figures.values()):
+            log_figure(figure, f"figures/{name}.png")
+    artifact_uri = run.info.artifact_uri.rstrip("/") + "/" + html.name
+    facts["report"] = artifact_uri.removeprefix("file://")
+    facts["url"] = urls["run"]
+    facts["urls"] = urls
+    return facts
