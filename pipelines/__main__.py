@@ -67,7 +67,7 @@ def mlproject() -> str:
                 continue
             numeric = isinstance(param.default, (int, float)) and not isinstance(param.default, bool)
             default = param.default if numeric else str(param.default).lower() if isinstance(param.default, bool) else param.default
-            default = (f"{float(default)!r}" if numeric else '"' + str(default).replace('"', '\\"') + '"')
+            default = (repr(default) if numeric else '"' + str(default).replace('"', '\\"') + '"')
             lines.append(f"      {param.name}: {{type: {'float' if numeric else 'string'}, default: {default}}}")
             words.append(f"{param.opts[0]} {{{param.name}}}")
         lines.append("    command: >-")

@@ -226,7 +226,9 @@ def _study(run, params: dict, manifest, plan: dict):
     mlflow.log_metrics({f"perf/seconds/{stage}": value for stage, value in seconds.items()})
     if facts["cells_ok"] == 0:
         raise RuntimeError(f"no cell of the study has a result ({facts['cells_failed']} failed); see the errors above and {facts['report']}")
-    return {"study/cells_ok": facts["cells_ok"], "study/cells_failed": facts["cells_failed"]}, facts
+    counts = {"study/cells_ok": facts["cells_ok"], "study/cells_failed": facts["cells_failed"]}
+    mlflow.log_metrics(counts)
+    return counts, facts
 
 
 command = stage_command("main", __doc__, PARAMS, lambda **params: main(params))

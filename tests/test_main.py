@@ -1,42 +1,128 @@
-"""The study as a user runs it: `main`, and the MLproject front door."""
+"""The study as a user runs it: `main` end to end on a tiny preset, its reruns, a
+SIGKILL in the middle, a failing cell, and the MLproject front door."""
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, runs_of
-from pipelines.main import main
+from conftest import REPO, make_folder, run_cli, runs_of
+from imaging.errors import InputError
+from pipelines.main import main, parse_augments, parse_ratios, parse_seeds
 
-STUDY = {
-    "model": "smallcnn", "pretrained": False, "epochs": 1, "batch_size": 16, "lr": 3e-3, "seed": 0, "device": "cpu",
-    "corruptions": "salt_pepper,blend", "severities": "1,5", "saliency": 2,
-    "val_fraction": 0.1, "test_fraction": 0.1, "split_seed": 0, "skip_bad_images": False, "max_pixels": 10**8,
+TINY = {
+    "model": "smallcnn", "epochs": 1, "batch_size": 16, "lr": 3e-3, "device": "cpu", "per_class": 16,
+    "ratios": "0,0.5", "augments": "none,salt_pepper:3:0.5", "seeds": "2", "corruptions": "salt_pepper,blend", "severities": "1,5", "saliency": 2,
 }
 
 
-def test_main_nests_train_and_evaluate_and_reuses_them_when_rerun(tiny_folder, experiment):
-    first = main({**STUDY, "data": str(tiny_folder)})
-    parent = MlflowClient().get_run(first.run_id)
-    children = [r for r in runs_of(experiment) if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(r.data.tags["synthmix.stage"] for r in children) == ["evaluate", "train"]
-    evaluated = MlflowClient().get_run(first["evaluate"].run_id)
-    metrics = evaluated.data.metrics
-    assert {"robust/acc/salt_pepper/1", "robust/acc/salt_pepper/5", "robust/acc/blend/5", "robust/mce"} <= set(metrics)
-    assert parent.data.metrics["best/test/acc"] == metrics["test/acc"]
-    artifacts = {a.path for folder in ("saliency", "robustness") for a in MlflowClient().list_artifacts(evaluated.info.run_id, folder)}
-    assert {"saliency/gradcam_clean.png", "saliency/gradcam_salt_pepper-5.png", "robustness/accuracy.csv", "robustness/accuracy.png"} <= artifacts
+def children(parent_id: str, experiment_id: str) -> list:
+    return [r for r in runs_of(experiment_id) if r.data.tags.get("mlflow.parentRunId") == parent_id]
 
-    again = main({**STUDY, "data": str(tiny_folder)})
-    assert again["train"].run_id == first["train"].run_id and again["train"].reused
-    assert again["evaluate"].run_id == first["evaluate"].run_id
-    assert len(runs_of(experiment, "train")) == 1 and len(runs_of(experiment, "main")) == 2
+
+def test_the_study_nests_every_step_answers_with_intervals_and_reuses_its_steps(tiny_folder, experiment):
+    first = main({**TINY, "data": str(tiny_folder)})
+    parent = MlflowClient().get_run(first["run_id"])
+    steps = children(parent.info.run_id, experiment)
+    stages = sorted(r.data.tags["synthmix.stage"] for r in steps)
+    # 1 synthesis; 2 seeds x 2 arms x 2 ratios = 8 cells, each trained and evaluated; mixes only at 0.5, shared by both arms
+    assert stages == ["evaluate"] * 8 + ["mix"] * 2 + ["synthesize"] + ["train"] * 8
+    for run in steps:
+        assert run.data.tags["synthmix.study"] == parent.data.tags["synthmix.study"] and run.info.status == "FINISHED"
+    cells = {(r.data.tags["synthmix.ratio"], r.data.tags["synthmix.augment"], r.data.tags["synthmix.seed"]) for r in steps if r.data.tags["synthmix.stage"] == "train"}
+    assert len(cells) == 8 and ("0.5", "salt_pepper:3:0.5", "1") in cells
+
+    # the answer: the description is the headline, the metrics are the per-seed ones summarised
+    assert parent.data.tags["mlflow.note.content"] == first["headline"] and "synthetic" in first["headline"]
+    results = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="results.csv"))
+    none_real = results[(results["ratio"] == 0) & (results["augment"] == "none")]["test/acc"]
+    assert parent.data.metrics["study/test/acc/mean/none/r0"] == pytest.approx(none_real.mean())
+    paired = results[results["augment"] == "none"].pivot(index="seed", columns="ratio", values="test/acc")
+    assert parent.data.metrics["study/diff/test/acc/mean/none/r0.5"] == pytest.approx((paired[0.5] - paired[0.0]).mean())
+    assert {"study/robust/acc/salt_pepper/mean/none/r0.5", "study/robust/mce/mean/salt_pepper-3-0.5/r0"} <= set(parent.data.metrics)
+    files = {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)} | {a.path for a in MlflowClient().list_artifacts(parent.info.run_id, "figures")}
+    assert {"report.html", "summary.csv", "summary.md", "results.csv", "runs.csv", "figures/accuracy.png", "figures/robustness.png"} <= files
+    html = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html")).read_text()
+    assert first["headline"].split(" (")[0] in html and "https://" not in html and "http://127" in html  # the UI link is text, not a fetched resource
+
+    # the same command again continues the same parent and reuses every step
+    again = main({**TINY, "data": str(tiny_folder)})
+    assert again["run_id"] == first["run_id"] and again["headline"] == first["headline"]
+    assert len(runs_of(experiment, "train")) == 8 and len(runs_of(experiment, "main")) == 1
+    steps_table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="runs.csv"))
+    assert set(steps_table["status"]) == {"reused"}
+
+
+def test_a_failing_cell_is_reported_and_the_study_goes_on(tmp_path, experiment):
+    real = make_folder(tmp_path / "real", per_class=20)
+    synthetic = make_folder(tmp_path / "synthetic", per_class=4)  # 4 per class: enough for 25%, not for 75% of 16 train images
+    result = main({**TINY, "data": str(real), "synthetic_data": str(synthetic), "ratios": "0,0.25,0.75", "augments": "none"})
+    parent = MlflowClient().get_run(result["run_id"])
+    assert parent.info.status == "FINISHED"
+    results = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="results.csv"))
+    failed = results[results["status"] == "failed"]
+    assert sorted(failed["ratio"]) == [0.75, 0.75] and failed["error"].str.contains("synthetic").all()
+    assert parent.data.metrics["study/cells_failed"] == 2 and parent.data.metrics["study/cells_ok"] == 4
+    html = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html")).read_text()
+    assert "failed" in html and "InputError" in html
+
+
+def test_study_options_are_checked_before_any_run(tiny_folder, experiment):
+    with pytest.raises(InputError, match=r"--ratios '0.5,0.6' lacks 0: the real-only cell"):
+        main({**TINY, "data": str(tiny_folder), "ratios": "0.5,0.6"})
+    with pytest.raises(InputError, match=r"augment item 'pepper:3:0.5' names unknown kind"):
+        main({**TINY, "data": str(tiny_folder), "augments": "none,pepper:3:0.5"})
+    assert runs_of(experiment) == []
+    assert parse_ratios("0.8, 0,0.5") == [0, 0.5, 0.8] and parse_seeds("3") == [0, 1, 2] and parse_seeds("4,7") == [4, 7]
+    assert parse_augments("none,salt_pepper:3:0.5+blend:1:0.2") == ["", "salt_pepper:3:0.5,blend:1:0.2"]
+    result = run_cli("main", "--data", str(tiny_folder), "--seeds", "0")
+    assert result.returncode == 2 and "--seeds '0' asks for no seed" in result.stderr
+
+
+def test_sigkill_during_the_third_training_then_the_same_command_finishes_only_what_is_missing(tmp_path, experiment):
+    folder = make_folder(tmp_path / "kill", per_class=24)
+    args = ["main", "--data", str(folder), "--model", "smallcnn", "--epochs", "2", "--batch-size", "8", "--ratios", "0,0.5",
+            "--augments", "none", "--seeds", "2", "--per-class", "16", "--corruptions", "salt_pepper", "--severities", "1",
+            "--saliency", "0", "--device", "cpu", "--checkpoint-every", "0"]
+    process = subprocess.Popen([sys.executable, "-m", "pipelines", *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy())
+    trainings = 0
+    for line in process.stdout:
+        trainings += "train run started" in line
+        if trainings == 3 and "epoch 1/2" in line and "checkpoint saved" in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=300)
+    assert process.returncode == -signal.SIGKILL
+    before = {r.info.run_id: r.info.status for r in runs_of(experiment)}
+    assert sorted(before.values()) == ["FINISHED"] * 6 + ["RUNNING"] * 2  # synthesis, 2 trains, 2 evaluations, 1 mix; the parent and the 3rd training
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "continuing from the checkpoint of epoch 1/2" in rerun.stdout
+    after = runs_of(experiment)
+    counts = pd.Series([r.data.tags["synthmix.stage"] for r in after]).value_counts().to_dict()
+    assert counts == {"main": 1, "synthesize": 1, "mix": 2, "train": 4, "evaluate": 4}  # nothing done twice
+    assert all(r.info.status == "FINISHED" for r in after) and set(before) <= {r.info.run_id for r in after}
+    assert rerun.stdout.count("reused (same config, code and inputs)") == 6  # synth, 2 trains, 2 evals, 1 mix
+
+
+def test_runs_go_to_a_named_experiment_not_default(tiny_folder):
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")}
+    result = subprocess.run([sys.executable, "-m", "pipelines", "train", "--data", str(tiny_folder), "--model", "smallcnn", "--epochs", "1"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_id = re.search(r"run ([0-9a-f]{32})\s*$", result.stdout.strip()).group(1)
+    experiment = MlflowClient().get_experiment(MlflowClient().get_run(run_id).info.experiment_id)
+    assert experiment.name == "synthmix" and experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "workflowType=machine_learning" in result.stdout  # the printed link opens the training-runs view
 
 
 def mlflow_run(*args: str) -> subprocess.CompletedProcess:

@@ -132,3 +132,25 @@ def test_bad_synthesis_input_is_refused_before_any_run(tiny_folder, experiment, 
     with pytest.raises(InputError, match="generator_run 'nope' is not in the tracking store"):
         synthesize({"data": str(tiny_folder), "generator": "vae", "generator_run": "nope"})
     assert runs_of(experiment) == []
+
+
+def test_a_finished_synthesis_is_reused_without_loading_any_generator_or_pipeline(tiny_folder, tiny_sd, experiment, monkeypatch):
+    import models.generators
+    import models.generators.diffusion
+
+    sd = {"data": str(tiny_folder), "generator": "stable-diffusion", "model_id": str(tiny_sd), **QUICK}
+    vae = {"data": str(tiny_folder), "generator": "vae", "epochs": 1, "per_class": 3, "quality": False}
+    first_sd, first_vae = synthesize(sd, reuse=True), synthesize(vae, reuse=True)
+    assert not first_sd.reused and not first_vae.reused
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cache hit must not load a generator or a pipeline")
+
+    for module, name in ((models.generators.diffusion, "load_text2img"), (models.generators, "train_generator"), (models.generators, "load_generator")):
+        monkeypatch.setattr(module, name, refuse)
+    again_sd, again_vae = synthesize(sd, reuse=True), synthesize(vae, reuse=True)
+    assert (again_sd.run_id, again_vae.run_id) == (first_sd.run_id, first_vae.run_id) and again_sd.reused and again_vae.reused
+    assert again_sd.manifest.frame["sha256"].tolist() == first_sd.manifest.frame["sha256"].tolist()  # same result type, read back
+    with pytest.raises(AssertionError, match="must not load"):  # a miss (another seed) does load it
+        synthesize({**sd, "seed": 1}, reuse=True)
+    assert len(runs_of(experiment, "synthesize")) == 2  # and leaves no run behind

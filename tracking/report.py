@@ -73,7 +73,10 @@ def _draw_arms(ax, summary: pd.DataFrame, metric: str, styles: dict) -> None:
         if arm.empty:
             continue
         x = arm["ratio"].to_numpy(float) * 100
-        ax.fill_between(x, arm[f"{metric}/low"].to_numpy(float) * scale, arm[f"{metric}/high"].to_numpy(float) * scale, color=style["color"], alpha=0.14, linewidth=0)
+        low, high = arm[f"{metric}/low"].to_numpy(float) * scale, arm[f"{metric}/high"].to_numpy(float) * scale
+        if scale == 100:  # an interval of a share cannot leave 0..100%, however few the seeds
+            low, high = np.clip(low, 0, 100), np.clip(high, 0, 100)
+        ax.fill_between(x, low, high, color=style["color"], alpha=0.14, linewidth=0)
         ax.plot(x, arm[f"{metric}/mean"].to_numpy(float) * scale, color=style["color"], marker=style["marker"], markersize=6, linewidth=2, label=_arm_label(augment))
     ratios = sorted(summary["ratio"].unique())
     ax.set_xticks([ratio * 100 for ratio in ratios])
