@@ -21,7 +21,7 @@ setup: $(VENV)/.installed  ## create .venv and install the runtime dependencies
 dev: $(VENV)/.installed-dev  ## add the test tools
 
 demo: setup  ## the default study on the embedded mnist5k digits, tracked in ./mlflow.db
-	$(VENV)/bin/mlflow run . --env-manager local
+	$(VENV)/bin/mlflow run . --env-manager local --experiment-name synthmix
 
 test: dev  ## the whole test suite
 	$(PY) -m pytest -q

@@ -254,11 +254,40 @@ def scan_folder(
     return manifest, ScanReport(bad_files=bad, skipped=len(bad), ignored=len(ignored), ignored_files=[str(p.relative_to(root)) for p in ignored[:10]])
 
 
+_SCANNED: dict[tuple, tuple[str, Manifest, ScanReport]] = {}  # this process's scans, by folder and options
+
+
+def _tree_signature(root: Path) -> str:
+    """Changes when a file or folder is added, removed or renamed anywhere under `root`."""
+    digest = hashlib.sha256()
+    for folder, _, _ in sorted(os.walk(root)):
+        digest.update(f"{folder}|{os.stat(folder).st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def load_dataset(data: str, **options) -> tuple[Manifest, ScanReport]:
-    """`mnist5k` or a folder path, as a validated manifest."""
-    if data == "mnist5k":
-        options = {k: v for k, v in options.items() if k in ("skip_bad_images", "max_pixels")}
-        return scan_folder(materialise_mnist5k(), name="mnist5k", **options)
+    """`mnist5k` or a folder path, as a validated manifest.
+
+    A study scans the same folder once per step; within one process a folder
+    whose tree is unchanged is not scanned again (its files' bytes were
+    hashed by the first scan, and the scan cache covers later processes).
+    """
     if data in ("", None):
         raise InputError("--data is empty; pass 'mnist5k' or a folder of class sub-folders.")
-    return scan_folder(data, **options)
+    if data == "mnist5k":
+        root, options = materialise_mnist5k(), {k: v for k, v in options.items() if k in ("skip_bad_images", "max_pixels")}
+        options["name"] = "mnist5k"
+    else:
+        root = Path(data).expanduser()
+        if not root.is_dir():
+            return scan_folder(data, **options)  # its error names the problem
+    key = (str(root.resolve()), tuple(sorted(options.items())))
+    signature = _tree_signature(root)
+    if key in _SCANNED and _SCANNED[key][0] == signature:
+        _, manifest, report = _SCANNED[key]
+    else:
+        manifest, report = scan_folder(root, **options)
+        _SCANNED[key] = (signature, manifest, report)
+    copy = Manifest(manifest.frame.copy(), manifest.root, manifest.name, list(manifest.classes))
+    copy.__dict__["digest"] = manifest.digest  # same rows, same digest: no need to hash them again
+    return copy, report

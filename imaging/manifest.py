@@ -65,7 +65,8 @@ class Manifest:
         return [index[label] for label in self.frame["label"].astype(str)]
 
     def local_paths(self) -> list[Path]:
-        """A local file for every row, downloading run artifacts (once per run folder) where needed."""
+        """A local file for every row: run artifacts are read in place from a local artifact store,
+        and downloaded (once per run folder) from a remote one."""
         folders: dict[tuple[str, str], Path] = {}
         paths = []
         for path, run_id in zip(self.frame["path"], self.frame["run_id"]):
@@ -74,9 +75,7 @@ class Manifest:
                 continue
             top = path.split("/", 1)[0]
             if (run_id, top) not in folders:
-                import mlflow
-
-                folders[(run_id, top)] = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=top))
+                folders[(run_id, top)] = _artifact_folder(run_id, top)
             rest = path.split("/", 1)[1] if "/" in path else ""
             paths.append(folders[(run_id, top)] / rest if rest else folders[(run_id, top)])
         return paths
@@ -111,6 +110,19 @@ class Manifest:
         with warnings.catch_warnings():  # a local folder matches more than one MLflow source type
             warnings.simplefilter("ignore")
             return mlflow.data.from_pandas(self.frame[COLUMNS].copy(), source=self.root or "synthmix", targets="label", name=self.name, digest=self.digest)
+
+
+def _artifact_folder(run_id: str, top: str) -> Path:
+    """Where a run's artifact folder can be read: in place when the artifact store is a local folder."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = MlflowClient().get_run(run_id).info.artifact_uri
+    if "://" not in uri or uri.startswith("file://"):
+        local = Path(uri.removeprefix("file://")) / top
+        if local.is_dir():
+            return local
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=top))
 
 
 def concat(manifests: list[Manifest], name: str) -> Manifest:
