@@ -38,6 +38,13 @@ def decode_files(paths: list[Path], channels: int, size: int, desc: str = "decod
     return out
 
 
+# decoded images of this process by (sha256, channels, size): a study's mixes draw on the same
+# real and synthetic files, so each is decoded once; capped so large datasets do not pile up
+_DECODED: dict[tuple[str, int, int], torch.Tensor] = {}
+_DECODED_MAX_BYTES = 512 * 2**20
+_decoded_bytes = [0]
+
+
 def cached_tensors(manifest: Manifest, channels: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images [N, C, H, W], int64 labels [N]) for every row, decoded once per digest."""
     path = cache_dir() / "tensors" / f"{manifest.digest}-{channels}x{size}x{size}.pt"
@@ -49,7 +56,19 @@ def cached_tensors(manifest: Manifest, channels: int, size: int) -> tuple[torch.
                 return images, labels
         except Exception:
             pass  # a damaged cache file is rebuilt below
-    images = decode_files(manifest.local_paths(), channels, size, desc=f"decoding {manifest.name}")
+    hashes = manifest.frame["sha256"].astype(str).tolist()
+    known = [i for i, sha in enumerate(hashes) if sha and (sha, channels, size) in _DECODED]
+    missing = sorted(set(range(len(hashes))) - set(known))
+    images = torch.empty((len(hashes), channels, size, size), dtype=torch.uint8)
+    for i in known:
+        images[i] = _DECODED[(hashes[i], channels, size)]
+    if missing:
+        rows = Manifest(manifest.frame.iloc[missing], manifest.root, manifest.name, list(manifest.classes))
+        images[missing] = decode_files(rows.local_paths(), channels, size, desc=f"decoding {manifest.name}")
+        for i in missing:
+            if hashes[i] and _decoded_bytes[0] < _DECODED_MAX_BYTES:
+                _DECODED[(hashes[i], channels, size)] = images[i].clone()
+                _decoded_bytes[0] += images[i].numel()
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     torch.save(images, temporary)

@@ -15,7 +15,7 @@ train images into new ones (each output records its source image).
 Images are written as `images/<class>/<index>.png` (JPEG if the real images
 are JPEG) at the real images' size and colour mode, with `dataset/manifest.csv`
 recording each image's label, seed, prompt or source image and generator, a
-sample grid per class under `samples/`, perf/imgs_per_s for sampling, and
+sample grid per class under `samples/` (and all classes in `samples/all_classes.png`), perf/imgs_per_s for sampling, and
 quality scores: synth/cas (classifier trained on synthetic only, accuracy on
 the real test split), synth/fid (Fréchet distance in the features of a
 classifier trained on the real train split, not Inception) and
@@ -54,6 +54,7 @@ PARAMS = [
 ]
 DEFAULTS = defaults(PARAMS)
 NOT_HASHED = ("device", "sd_batch_size")
+SAMPLES_PER_ROW = 12  # images per class in samples/all_classes.png
 MAX_SAFETY_RETRIES = 5  # new seeds tried for an image the safety checker blanked
 
 
@@ -109,7 +110,7 @@ def synthesize(params: dict, *, nested: bool = False, run_name: str | None = Non
     """
     from imaging.errors import InputError
     from imaging.images import open_image
-    from imaging.manifest import Manifest, native_format, real_only
+    from imaging.manifest import native_format, real_only
     from tracking.lineage import load_manifest
     from tracking.runs import get_or_run, get_run, has_artifact, quiet_mlflow
 
@@ -172,7 +173,7 @@ def _prepare(params: dict, *, manifest, train_rows, test_rows, classes, channels
     from imaging.errors import InputError
     from imaging.manifest import Manifest
     from pipelines._cli import resolve_device
-    from tracking.figures import image_grid, log_figure
+    from tracking.figures import class_rows_figure, log_figure, montage
     from tracking.lineage import log_dataset
 
     kind = params["generator"]
@@ -286,7 +287,9 @@ def _prepare(params: dict, *, manifest, train_rows, test_rows, classes, channels
             stacked = np.stack(arrays)
             for label_index, label in enumerate(classes):
                 chosen = np.flatnonzero(labels.numpy() == label_index)[:32]
-                log_figure(image_grid(stacked[chosen], [f"seed {rows[i]['seed']}" for i in chosen], f"{kind}: class {label}"), f"samples/{label}.png")
+                mlflow.log_image(montage(stacked[chosen], columns=8), f"samples/{label}.png")  # each image's seed is in the manifest
+            first = [stacked[np.flatnonzero(labels.numpy() == i)[:SAMPLES_PER_ROW]] for i in range(len(classes))]
+            log_figure(class_rows_figure(first, classes, f"{kind}: the first {SAMPLES_PER_ROW} synthetic images of each class"), "samples/all_classes.png")
 
             metrics = {"synth/images": len(rows)}
             if params["quality"]:

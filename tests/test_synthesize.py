@@ -46,7 +46,7 @@ def test_text2img_writes_each_class_in_the_real_format_with_prompts_and_seeds(ti
     assert logged["sha256"].tolist() == frame["sha256"].tolist()
     run = MlflowClient().get_run(result.run_id)
     assert run.data.tags["synthmix.generator"] == "stable-diffusion" and run.data.metrics["perf/imgs_per_s"] > 0
-    assert {a.path for a in MlflowClient().list_artifacts(result.run_id, "samples")} == {"samples/ant.png", "samples/bee.png", "samples/cat.png"}
+    assert {a.path for a in MlflowClient().list_artifacts(result.run_id, "samples")} == {"samples/ant.png", "samples/bee.png", "samples/cat.png", "samples/all_classes.png"}
     again = synthesize(params)
     assert again.manifest.frame["sha256"].tolist() == frame["sha256"].tolist()  # same seed, same bytes
     other = synthesize({**params, "seed": 1})

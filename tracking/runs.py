@@ -1,10 +1,12 @@
-"""Run helpers: starting a stage's run, logging its parameters once, finding a
-run to reuse or resume, and telling the user where to look.
+"""Run helpers: the one get-or-run every stage goes through, starting a stage's
+run with its parameters logged once, the experiment runs go to, and telling
+the user where to look.
 
-A stage's *config hash* covers the stage name, its resolved parameters, the
-upstream run ids inside them and the code version (a hash of this repo's
-Python sources), so a finished run is reused only when rerunning it would
-compute the same thing.
+A stage's *config hash* covers the stage name, its key (the parameters that
+change the result, upstream run ids and dataset digests) and the code version
+(a hash of this repo's Python sources), so a finished run is reused only when
+rerunning it would compute the same thing. The key is computed before anything
+heavy is loaded; a reused result and a fresh one are the same StageResult.
 """
 from __future__ import annotations
 

@@ -69,7 +69,8 @@ def _synthesis(synthesis) -> dict | None:
     samples = []
     try:
         folder = Path(mlflow.artifacts.download_artifacts(run_id=synthesis.run_id, artifact_path="samples"))
-        samples = [path.read_bytes() for path in sorted(folder.glob("*.png"))[:SAMPLE_GRIDS]]
+        overview = folder / "all_classes.png"
+        samples = [overview.read_bytes()] if overview.exists() else [path.read_bytes() for path in sorted(folder.glob("*.png"))[:SAMPLE_GRIDS]]
     except Exception:
         pass  # a synthesis run made elsewhere may have no sample grids
     return {
