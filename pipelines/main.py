@@ -207,7 +207,9 @@ def _study(run, params: dict, manifest, plan: dict):
                     }, cell, f"{study}-train-{label}")
                     evaluated = step("evaluate", evaluate, {
                         "train_run": trained.run_id, "corruptions": ",".join(plan["kinds"]), "severities": params["severities"],
-                        "saliency": params["saliency"] if seed == seeds[0] else 0, "seed": seed, "device": params["device"], "misclassified": 16,
+                        # pictures (Grad-CAM panels, misclassified images) for the first seed of each cell
+                        "saliency": params["saliency"] if seed == seeds[0] else 0, "misclassified": 16 if seed == seeds[0] else 0,
+                        "seed": seed, "device": params["device"],
                     }, cell, f"{study}-evaluate-{label}")
                     rows.append({**cell, "status": "ok", "train_run": trained.run_id, "evaluate_run": evaluated.run_id,
                                  **{k: v for k, v in trained.metrics.items() if k.startswith("val/")}, **evaluated.metrics})
