@@ -143,6 +143,7 @@ def main(params: dict) -> dict:
     click.echo(f"[synthmix] {facts['headline']}")
     click.echo(f"[synthmix] report: {facts['report']}")
     click.echo(f"[synthmix] study run: {facts['url']}")
+    click.echo(f"[synthmix] its metrics as charts: {facts['urls']['charts']}")
     click.echo(f"[synthmix] its steps: {facts['urls']['table']}")
     return facts | {"run_id": result.run_id}
 
@@ -177,6 +178,9 @@ def _study(run, params: dict, manifest, plan: dict):
         steps.append({**cell, "stage": stage, "run_id": result.run_id, "status": "reused" if result.reused else "done", "error": ""})
         return result
 
+    from tracking.lineage import log_dataset
+
+    log_dataset(manifest, artifact=False)  # the real splits every cell is trained, validated and tested on
     synthesis = None
     synthetic_source = {"synthetic_run": plan["synthetic_run"] or "", "synthetic_data": plan["synthetic_data"] or ""}
     if any(r > 0 for r in ratios) and not (plan["synthetic_run"] or plan["synthetic_data"]):
@@ -221,7 +225,10 @@ def _study(run, params: dict, manifest, plan: dict):
     from tracking.study import answer
 
     started = time.perf_counter()
-    facts = answer(run, params, pd.DataFrame(rows), pd.DataFrame(steps), plan, synthesis, seconds)
+    steps_table = pd.DataFrame(steps)
+    if "seed" in steps_table:  # the synthesis step has none: keep the others' seeds whole numbers
+        steps_table["seed"] = steps_table["seed"].astype("Int64")
+    facts = answer(run, params, pd.DataFrame(rows), steps_table, plan, synthesis, seconds)
     seconds["report"] = time.perf_counter() - started
     import mlflow
 

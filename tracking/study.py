@@ -36,9 +36,12 @@ def with_robust_means(results: pd.DataFrame, kinds: list[str]) -> pd.DataFrame:
 
 
 def study_urls(run, study: str) -> dict[str, str]:
-    """The study's pages in the MLflow UI: its parent run, its steps as a table, and as charts."""
-    steps = f"{ui_base()}#/experiments/{run.info.experiment_id}/runs?{TRAINING_VIEW}&searchFilter=" + _quote(f"tags.`synthmix.study` = '{study}'")
-    return {"run": run_url(run), "table": steps, "charts": steps + "&compareRunsMode=CHART"}
+    """The study's pages in the MLflow UI: its parent run, its metrics as charts, and its steps as one flat table."""
+    experiment = f"{ui_base()}#/experiments/{run.info.experiment_id}"
+    # sorted by name, the UI lists nested steps flat instead of folding them under a collapsed parent
+    steps = (f"{experiment}/runs?{TRAINING_VIEW}&searchFilter=" + _quote(f"tags.`synthmix.study` = '{study}'")
+             + "&orderByKey=" + _quote("tags.`mlflow.runName`") + "&orderByAsc=true")
+    return {"run": run_url(run), "charts": f"{experiment}/runs/{run.info.run_id}/model-metrics?{TRAINING_VIEW}", "table": steps}
 
 
 def _quote(text: str) -> str:
