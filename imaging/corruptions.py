@@ -9,51 +9,44 @@ returns the same shape and dtype, deterministically for a given `seed`.
 Families and the parameter behind each severity 1..5
 (`level` overrides the parameter of the families that have a "level"):
 
-| family            | severity 1..5                                   | level means                       |
-|-------------------|-------------------------------------------------|-----------------------------------|
-| salt_pepper       | 0.02 0.05 0.10 0.20 0.30                        | fraction of pixels, half black, half white, all channels |
-| gradient_noise    | 0.02 0.05 0.10 0.20 0.30                        | fraction of pixels, grown from the strongest edges, set to random values |
-| blend             | 0.10 0.20 0.30 0.40 0.50                        | weight of another-class image     |
-| gaussian_noise    | 0.08 0.12 0.18 0.26 0.38                        | noise std, fraction of 255        |
-| shot_noise        | 60 25 12 5 3                                    | photons at full intensity (fewer = noisier) |
-| impulse_noise     | 0.03 0.06 0.09 0.17 0.27                        | fraction of values (per channel) set to 0 or 255 |
-| defocus_blur      | disk radius 3 4 6 8 10 px, anti-alias 0.1..0.5  | -                                 |
-| glass_blur        | sigma 0.7..1.5 px, jumps of 1..4 px, 1..3 jumps | -                                 |
-| motion_blur       | length 21..41 taps, sigma 3..15 taps            | -                                 |
-| zoom_blur         | zooms 1..1.10 up to 1..1.30                     | -                                 |
-| snow              | ImageNet-C's 7-tuples                           | -                                 |
-| fog               | strength 1.5..3.5, roughness 2..1.4             | -                                 |
-| brightness        | +0.1 .. +0.5 on HSV value                       | added value, fraction of 255      |
-| contrast          | 0.4 0.3 0.2 0.1 0.05                            | kept fraction of contrast (less = harsher) |
-| elastic_transform | rms displacement 1.0 1.3 1.7 2.0 2.4 px         | -                                 |
-| pixelate          | 0.6 0.5 0.4 0.3 0.25                            | kept fraction of resolution (less = harsher) |
-| jpeg_compression  | quality 25 18 15 10 7                           | JPEG quality 1..100 (less = harsher) |
+| family            | level means                                                             |
+|-------------------|-------------------------------------------------------------------------|
+| salt_pepper       | fraction of pixels, half black, half white, all channels: 0.02 0.05 0.10 0.20 0.30 |
+| gradient_noise    | fraction of pixels, grown from the strongest edges, set to random values: as salt_pepper |
+| blend             | weight of another-class image: 0.10 0.20 0.30 0.40 0.50                 |
+| gaussian_noise    | noise std, fraction of 255                                              |
+| shot_noise        | photons at full intensity (fewer = noisier)                             |
+| impulse_noise     | fraction of values (per channel) set to 0 or 255                        |
+| brightness        | added value, fraction of 255                                            |
+| contrast          | kept fraction of contrast (less = harsher)                              |
+| pixelate          | kept fraction of resolution (less = harsher)                            |
+| jpeg_compression  | JPEG quality 1..100 (less = harsher)                                    |
+| the other seven   | no level: tuples of the severity table (imaging/corruption_tables.py)   |
 
-The three study families (salt_pepper, gradient_noise, blend) are ours.
-salt_pepper and gradient_noise share their fractions, so their accuracies
-differ only by *where* the pixels are replaced. blend stops at 0.5, where
-the other class weighs as much as the true one. salt_pepper and
+The three study families (salt_pepper, gradient_noise, blend) are ours and the
+same at every image size. salt_pepper and gradient_noise share their fractions,
+so their accuracies differ only by *where* the pixels are replaced. blend stops
+at 0.5, where the other class weighs as much as the true one. salt_pepper and
 gradient_noise replace exactly round(level * H * W) pixels of every image.
 
-The other families follow ImageNet-C (Hendrycks' make_imagenet_c.py, as
-packaged by `imagecorruptions`) at its published parameters, written here
-as batch operations. Those parameters are for 224 px images; the lengths
-(blur radii, glass steps, motion lengths, snow flake sizes) scale with
-`scale = max(min(H, W) / 224, 1/4)`. The floor keeps the mildest blurs
-visible: below 56 px they would shrink under a pixel and change nothing
-(at 32 px defocus radii are 0.75..2.5 px; CIFAR-10-C chose 0.3..1.5 px
-plus a 0.1..0.6 px anti-alias blur). Zoom, fog, pixelate, contrast,
-brightness, noise and JPEG are relative to the image already.
+The other 14 families follow ImageNet-C (Hendrycks' scripts, as packaged by
+`imagecorruptions`), written here as batch operations, with the parameters of
+the published benchmark nearest in size (`TABLES`): CIFAR-10-C's
+(make_cifar_c.py, 32 px), Tiny-ImageNet-C's (make_tinyimagenet_c.py, 64 px) or
+ImageNet-C's (make_imagenet_c.py, 224 px). `table_for_size(min(H, W))` picks the
+nearest on a log scale (up to 45 px: cifar, 46..119 px: tiny, from 120 px:
+imagenet); `table=` overrides it. A table's lengths (blur radii, jumps, streaks,
+flake zooms, elastic smoothing) are in pixels of images of its size and are used
+as they are, not rescaled to the image.
 Differences from the published code, all deliberate:
-- elastic_transform follows `imagecorruptions`, without the original's random
-  affine warp (its size peaks at severity 2, so distortion did not grow with
-  severity): a Gaussian-smoothed random
-  displacement field with its rms (1.0..2.4 px) and smoothing (2.24 px) at
-  224 px, both scaled like the other lengths. (imagecorruptions keeps the rms
-  in pixels and smooths over 1% of the side, so on 32 px images it moves
-  every pixel independently by up to 5 px.)
-- glass_blur moves every pixel by a random walk of 1..3 uniform jumps of up
-  to 1..4 px (times scale, bilinear) between its two blurs, in place of the
+- elastic_transform draws the scripts' random affine (three points moved by up
+  to `affine` px) and displacement field (uniform noise in [-1, 1], Gaussian
+  smoothed by `sigma` px, times `alpha`) for cifar and tiny; at 224 px it
+  follows `imagecorruptions`, without the original's affine (its size peaks at
+  severity 2, so distortion did not grow with severity): alpha 12.5..30 times
+  noise of +-1.12 px smoothed by 2.24 px.
+- glass_blur moves every pixel by a random walk of `jumps` uniform jumps of up
+  to the table's largest jump (bilinear) between its two blurs, in place of the
   original's sequential pixel swaps, which take seconds per 224 px image.
 - gaussian noise comes from a 65,536-entry inverse-CDF table (tails cut at
   4.3 sigma, 1 sample in 65,000); shot noise from a 4,096-entry Poisson
@@ -62,13 +55,15 @@ Differences from the published code, all deliberate:
 - pixelate shows in each block the mean of exactly the pixels it covers; PIL's
   BOX resize (ImageNet-C) also mixes in slivers of neighbouring pixels when the
   ratio is not whole, which made severity 1 distort MNIST more than 2.
-- snow enlarges its flake field without interpolation (ImageNet-C: bilinear),
-  so flakes cover the same share of the image at every size; bilinear thins
-  them by a size-dependent amount, which made severity 3 lighter than 2 on
-  64 px images.
-- fog strengths are 1.5 2 2.5 3 3.5 (ImageNet-C: 1.5 2 2.5 2.5 3, whose
+- fog strengths at 224 px are 1.5 2 2.5 3 3.5 (ImageNet-C: 1.5 2 2.5 2.5 3, whose
   severities 3..5 distort about equally, in an order that varies with the seed).
+- zoom_blur magnifies about the exact centre; the zooms are the scripts'
+  numpy.arange(1, stop, step), quirks included (224 px severity 1: 1.00..1.11).
 - outputs are rounded to the nearest integer (imagecorruptions truncates).
+snow follows the reference exactly in method: a normal field drawn at
+1 / zoom of the image, enlarged bilinearly (scipy.ndimage.zoom's order-1 grid,
+centre-cropped) *before* thresholding, so interpolation thins the flakes as
+in the published data; streaked by the table's motion blur, rounded to 8 bits.
 Grey images: brightness adds to the value directly (no HSV), snow whitens
 with the grey value itself, JPEG codes one channel, and a grey batch is coded
 as one mosaic JPEG, bit-identical to one file per image (colour images are
@@ -84,6 +79,8 @@ from statistics import NormalDist
 import cv2
 import numpy as np
 
+from imaging.corruption_tables import TABLE_SIZES, TABLES, params as _table_params
+from imaging.corruption_tables import table_for_size as _nearest_table
 from imaging.errors import InputError
 
 KINDS: tuple[str, ...] = (
@@ -109,19 +106,16 @@ KINDS: tuple[str, ...] = (
 IMAGENET_C_KINDS: tuple[str, ...] = KINDS[3:]
 SEVERITIES = (1, 2, 3, 4, 5)
 
-# the one continuous parameter per severity of the families that have one
-LEVELS: dict[str, tuple[float, ...]] = {
+# the one continuous parameter per severity of our own families (the same at every size)
+OWN_LEVELS: dict[str, tuple[float, ...]] = {
     "salt_pepper": (0.02, 0.05, 0.1, 0.2, 0.3),
     "gradient_noise": (0.02, 0.05, 0.1, 0.2, 0.3),
     "blend": (0.1, 0.2, 0.3, 0.4, 0.5),
-    "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
-    "shot_noise": (60, 25, 12, 5, 3),
-    "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),
-    "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
-    "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
-    "pixelate": (0.6, 0.5, 0.4, 0.3, 0.25),
-    "jpeg_compression": (25, 18, 15, 10, 7),
 }
+# ImageNet-C families whose table entry is one number, which `level` overrides
+TABLE_LEVEL_KINDS = ("gaussian_noise", "shot_noise", "impulse_noise", "brightness", "contrast", "pixelate", "jpeg_compression")
+# the levels of the 224 px table (ImageNet-C); other sizes: TABLES[table_for_size(side)]
+LEVELS: dict[str, tuple[float, ...]] = {**OWN_LEVELS, **{kind: TABLES["imagenet"][kind] for kind in TABLE_LEVEL_KINDS}}
 # allowed range of `level`, inclusive
 LEVEL_RANGES: dict[str, tuple[float, float]] = {
     "salt_pepper": (0.0, 1.0),
@@ -135,33 +129,6 @@ LEVEL_RANGES: dict[str, tuple[float, float]] = {
     "pixelate": (1e-3, 1.0),
     "jpeg_compression": (1, 100),
 }
-# (disk radius px at 224 px, anti-alias blur sigma px)
-DEFOCUS = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))
-# (blur sigma px at 224 px, largest jump px at 224 px, jumps)
-GLASS = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))
-# (radius: the streak has 2 * radius + 1 taps one px apart at 224 px, Gaussian tap-weight sigma in taps)
-MOTION = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))
-# (largest zoom, zoom step): the image is averaged with its zooms 1, 1 + step, ... largest
-ZOOM = ((1.10, 0.01), (1.15, 0.01), (1.20, 0.02), (1.24, 0.02), (1.30, 0.03))
-# (flake field mean, its std, flake size px at 224 px, flake threshold,
-#  streak radius, streak sigma (as MOTION), share of the image kept unwhitened)
-SNOW = (
-    (0.1, 0.3, 3, 0.5, 10, 4, 0.8),
-    (0.2, 0.3, 2, 0.5, 12, 4, 0.7),
-    (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
-    (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
-    (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
-)
-# (fog strength, plasma roughness decay: lower = more fine structure). Strengths step
-# evenly; ImageNet-C's 1.5 2 2.5 2.5 3 leave severities 3..5 within 2% of each other's
-# distortion, in either order depending on the random fog
-FOG = ((1.5, 2.0), (2.0, 2.0), (2.5, 1.7), (3.0, 1.5), (3.5, 1.4))
-# rms displacement px at 224 px: imagecorruptions' alpha 12.5..30 times 0.0815 px, the rms its
-# field (uniform noise of +-1.12 px smoothed by a Gaussian of ELASTIC_SMOOTHING px) has per unit alpha
-ELASTIC = (1.02, 1.32, 1.73, 2.04, 2.44)
-ELASTIC_SMOOTHING = 2.24  # px at 224 px: 1% of the side
-
-MIN_SCALE = 0.25  # images under 56 px get the spatial parameters of 56 px ones
 GRADIENT_SEED_SHARE = 0.25  # share of the replaced pixels that start at the strongest edges
 GRADIENT_CANDIDATES = 2  # regions grow over the (this x budget) highest-gradient pixels
 
@@ -184,10 +151,17 @@ def corrupt(
     seed: int,
     level: float | None = None,
     labels: np.ndarray | None = None,
+    table: str | None = None,
 ) -> np.ndarray:
-    """`images` corrupted by `kind` at `severity` (or at `level`); same shape and dtype."""
+    """`images` corrupted by `kind` at `severity` (or at `level`); same shape and dtype.
+
+    `table` ("cifar", "tiny", "imagenet") sets the ImageNet-C families' parameters;
+    None takes the one nearest the images' size (`table_for_size`).
+    """
     batch, grey_2d = _as_nhwc(images)
-    level = _resolve_level(kind, severity, level)
+    _check_kind_severity(kind, severity)
+    table = _check_table(table) if table is not None else table_for_size(max(min(batch.shape[1:3]), 1))
+    level = _resolve_level(kind, severity, level, table)
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
         if len(labels) != len(batch):
@@ -195,11 +169,12 @@ def corrupt(
     if batch.size == 0:
         return images.copy()
     rng = np.random.default_rng(seed)
-    out = _FAMILIES[kind](batch, severity, level, rng, labels)
+    entry = _table_params(kind, table)[severity - 1] if kind in IMAGENET_C_KINDS else None
+    out = _FAMILIES[kind](batch, entry, level, rng, labels)
     return out[..., 0] if grey_2d else out
 
 
-def corrupt_torch(batch, kind: str, severity: int, *, seed: int, level: float | None = None, labels=None):
+def corrupt_torch(batch, kind: str, severity: int, *, seed: int, level: float | None = None, labels=None, table: str | None = None):
     """`corrupt` for a uint8 NCHW tensor on any device; the result is on the same device."""
     import torch
 
@@ -208,14 +183,26 @@ def corrupt_torch(batch, kind: str, severity: int, *, seed: int, level: float | 
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     images = batch.detach().permute(0, 2, 3, 1).cpu().numpy()
-    out = corrupt(images, kind, severity, seed=seed, level=level, labels=labels)
+    out = corrupt(images, kind, severity, seed=seed, level=level, labels=labels, table=table)
     return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2))).to(batch.device)
 
 
-def severity_level(kind: str, severity: int) -> float | None:
-    """The continuous level `kind` uses at `severity`; None where the family has no single one."""
+def severity_level(kind: str, severity: int, *, table: str | None = None) -> float | None:
+    """The continuous level `kind` uses at `severity`; None where the family has no single one.
+
+    `table` None means the 224 px table (ImageNet-C), as before tables by size; pass
+    `table_for_size(side)` for the level that `corrupt` uses on images of that side.
+    """
     _check_kind_severity(kind, severity)
-    return LEVELS[kind][severity - 1] if kind in LEVELS else None
+    return _resolve_level(kind, severity, None, _check_table(table if table is not None else "imagenet"))
+
+
+def table_for_size(size: int) -> str:
+    """The severity table for images whose shorter side is `size` px: the published benchmark
+    nearest in size on a log scale (<= 45 px: "cifar", 46..119: "tiny", >= 120: "imagenet")."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise InputError(f"image size {size!r} is not a positive whole number of pixels; pass the shorter side of the images.")
+    return _nearest_table(int(size))
 
 
 def replaced_pixels(images: np.ndarray, kind: str, severity: int, *, seed: int, level: float | None = None) -> np.ndarray:
@@ -223,7 +210,7 @@ def replaced_pixels(images: np.ndarray, kind: str, severity: int, *, seed: int, 
     if kind not in ("salt_pepper", "gradient_noise"):
         raise InputError(f"replaced_pixels covers salt_pepper and gradient_noise, not {kind!r}.")
     batch, _ = _as_nhwc(images)
-    level = _resolve_level(kind, severity, level)
+    level = _resolve_level(kind, severity, level, "imagenet")  # our own families: the same in every table
     rng = np.random.default_rng(seed)
     if kind == "salt_pepper":
         return _salt_pepper_masks(rng, batch.shape[:3], level)[0]
@@ -260,11 +247,12 @@ def parse_augment(spec: str) -> list[AugmentSpec]:
     return specs
 
 
-def apply_augment(batch, specs: list[AugmentSpec], *, generator_seed: int, labels=None):
+def apply_augment(batch, specs: list[AugmentSpec], *, generator_seed: int, labels=None, table: str | None = None):
     """Each spec, in order, corrupts each image of a uint8 NCHW tensor with its probability.
 
     The specs draw independently, so an image can get several corruptions. The
-    images and the corruption seeds come from `generator_seed` alone.
+    images and the corruption seeds come from `generator_seed` alone. `table` as in `corrupt`
+    (None: by the batch's size).
     """
     import torch
 
@@ -278,9 +266,9 @@ def apply_augment(batch, specs: list[AugmentSpec], *, generator_seed: int, label
         index = torch.from_numpy(chosen).to(batch.device)
         if spec.kind == "blend":
             # partners come from the whole batch, not only the chosen images
-            part = corrupt_torch(out, spec.kind, spec.severity, seed=seed, labels=labels)[index]
+            part = corrupt_torch(out, spec.kind, spec.severity, seed=seed, labels=labels, table=table)[index]
         else:
-            part = corrupt_torch(out[index], spec.kind, spec.severity, seed=seed)
+            part = corrupt_torch(out[index], spec.kind, spec.severity, seed=seed, table=table)
         out = out.clone() if out is batch else out  # never write into the caller's tensor
         out[index] = part
     return out
@@ -296,12 +284,20 @@ def _check_kind_severity(kind: str, severity: int) -> None:
         raise InputError(f"severity {severity!r} for {kind} is not one of 1..5; pass a whole number from 1 to 5.")
 
 
-def _resolve_level(kind: str, severity: int, level: float | None) -> float | None:
+def _check_table(table: str) -> str:
+    if table not in TABLES:
+        raise InputError(f"unknown severity table {table!r}; use one of {', '.join(TABLES)} (published at {', '.join(f'{size} px' for size in TABLE_SIZES.values())}) or leave it unset to choose by image size.")
+    return table
+
+
+def _resolve_level(kind: str, severity: int, level: float | None, table: str) -> float | None:
     _check_kind_severity(kind, severity)
     if level is None:
-        return LEVELS[kind][severity - 1] if kind in LEVELS else None
+        if kind in OWN_LEVELS:
+            return OWN_LEVELS[kind][severity - 1]
+        return float(_table_params(kind, table)[severity - 1]) if kind in TABLE_LEVEL_KINDS else None
     if kind not in LEVEL_RANGES:
-        raise InputError(f"{kind} has no single level to override; leave level unset and choose a severity (kinds with a level: {', '.join(LEVELS)}).")
+        raise InputError(f"{kind} has no single level to override; leave level unset and choose a severity (kinds with a level: {', '.join(LEVEL_RANGES)}).")
     low, high = LEVEL_RANGES[kind]
     if not low <= level <= high:
         raise InputError(f"level {level} is outside {low}..{high} for {kind}; pass a level in that range.")
@@ -319,10 +315,6 @@ def _as_nhwc(images) -> tuple[np.ndarray, bool]:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _spatial_scale(height: int, width: int) -> float:
-    return max(min(height, width) / 224.0, MIN_SCALE)
 
 
 def _to_uint8(values: np.ndarray) -> np.ndarray:
@@ -483,7 +475,7 @@ def _lowest(keys: np.ndarray, ordered: np.ndarray, count: int) -> np.ndarray:
     return mask
 
 
-def _salt_pepper(batch, severity, level, rng, labels):
+def _salt_pepper(batch, entry, level, rng, labels):
     replaced, black = _salt_pepper_masks(rng, batch.shape[:3], level)
     out = batch.copy()
     out[replaced] = 255
@@ -550,7 +542,7 @@ def _dilate_stacked(masks: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.dilate(stacked, np.ones((3, 3), np.uint8)).view(bool).reshape(masks.shape)
 
 
-def _gradient_noise(batch, severity, level, rng, labels):
+def _gradient_noise(batch, entry, level, rng, labels):
     mask = _gradient_noise_mask(batch, level, rng)
     out = batch.copy()
     out[mask] = rng.integers(0, 256, (int(mask.sum()), batch.shape[3]), dtype=np.uint8)
@@ -574,7 +566,7 @@ def _blend_partners(rng: np.random.Generator, n: int, labels: np.ndarray | None)
     return np.where(t < np.arange(n), t, t + 1)
 
 
-def _blend(batch, severity, level, rng, labels):
+def _blend(batch, entry, level, rng, labels):
     """Alpha-blend each image with another-class image of the batch at weight `level`.
 
     Without labels, or with a batch of one class, the partner is any other image
@@ -600,7 +592,7 @@ def _noise_levels(std: float) -> np.ndarray:
     return np.clip(np.rint(_normal_quantiles() * (std * 255.0)), -32768, 32767).astype(np.int16)
 
 
-def _gaussian_noise(batch, severity, level, rng, labels):
+def _gaussian_noise(batch, entry, level, rng, labels):
     # x + round(noise) == round(x + noise) for integer x; cv2.add saturates to 0..255
     noise = np.take(_noise_levels(float(level)), _random_u16(rng, batch.size))
     added = cv2.add(batch.reshape(-1, 1), noise.reshape(-1, 1), dtype=cv2.CV_8U)
@@ -623,14 +615,14 @@ def _poisson_table(photons: float) -> np.ndarray:
     return _to_uint8(photon_counts / photons * 255.0).reshape(-1)
 
 
-def _shot_noise(batch, severity, level, rng, labels):
+def _shot_noise(batch, entry, level, rng, labels):
     table = _poisson_table(float(level))
     index = batch.reshape(-1).astype(np.uint32) << 12
     index |= _random_u16(rng, batch.size) >> 4
     return table[index].reshape(batch.shape)
 
 
-def _impulse_noise(batch, severity, level, rng, labels):
+def _impulse_noise(batch, entry, level, rng, labels):
     # each value independently: 0 with probability level / 2, 255 with level / 2;
     # written through the indices of the few hit values, not two full-size masks
     draws = _random_u16(rng, batch.size)
@@ -644,49 +636,44 @@ def _impulse_noise(batch, severity, level, rng, labels):
 
 
 def _disk_kernel(radius: float, alias_sigma: float) -> np.ndarray:
-    """Defocus disk of `radius` px, anti-aliased by 8x8 supersampling and a Gaussian of `alias_sigma` px."""
-    half = int(math.ceil(radius + 3 * alias_sigma))
-    sub = (np.arange(8) + 0.5) / 8 - 0.5
-    offsets = (np.arange(-half, half + 1)[:, None] + sub[None, :]).reshape(-1)
-    inside = (offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius**2
-    size = 2 * half + 1
-    coverage = inside.reshape(size, 8, size, 8).mean(axis=(1, 3))
-    if coverage.sum() == 0:
-        coverage[half, half] = 1.0
-    blur = _gaussian_kernel(alias_sigma) if alias_sigma > 0 else np.ones(1, np.float32)
-    kernel = cv2.sepFilter2D(coverage.astype(np.float32), cv2.CV_32F, blur, blur, borderType=cv2.BORDER_CONSTANT)
-    return kernel / kernel.sum()
+    """ImageNet-C's defocus kernel: the integer offsets within `radius` px, equally weighted,
+    then a 3x3 Gaussian of `alias_sigma` px (5x5 above radius 8), trimmed to its support."""
+    half = 8 if radius <= 8 else int(math.ceil(radius))
+    offsets = np.arange(-half, half + 1)
+    disk = ((offsets[:, None] ** 2 + offsets[None, :] ** 2) <= radius**2).astype(np.float32)
+    disk /= disk.sum()
+    size = 3 if radius <= 8 else 5
+    kernel = cv2.GaussianBlur(disk, (size, size), alias_sigma)
+    reach = half - int(np.flatnonzero(kernel.any(axis=0))[0])  # the kernel is symmetric about its centre
+    return kernel[half - reach : half + reach + 1, half - reach : half + reach + 1]
 
 
-def _defocus_blur(batch, severity, level, rng, labels):
-    radius, alias_sigma = DEFOCUS[severity - 1]
-    kernel = _disk_kernel(radius * _spatial_scale(*batch.shape[1:3]), alias_sigma)
-    return _to_uint8(_filter_each(batch.astype(np.float32), kernel))
+def _defocus_blur(batch, entry, level, rng, labels):
+    radius, alias_sigma = entry
+    return _to_uint8(_filter_each(batch.astype(np.float32), _disk_kernel(radius, alias_sigma)))
 
 
-def _glass_blur(batch, severity, level, rng, labels):
-    sigma, step, jumps = GLASS[severity - 1]
+def _glass_blur(batch, entry, level, rng, labels):
+    sigma, step, jumps = entry
     n, h, w, _ = batch.shape
-    scale = _spatial_scale(h, w)
-    blurred = _gaussian_each(batch.astype(np.float32), sigma * scale, sigma * scale)
+    blurred = _gaussian_each(batch.astype(np.float32), sigma, sigma)
     # every pixel reads from the end of a random walk of `jumps` uniform jumps
-    walk = (rng.random((2, jumps, n, h, w), dtype=np.float32) * 2 - 1).sum(axis=1) * (step * scale)
+    walk = (rng.random((2, jumps, n, h, w), dtype=np.float32) * 2 - 1).sum(axis=1) * step
     map_x = np.arange(w, dtype=np.float32) + walk[0]
     map_y = np.arange(h, dtype=np.float32)[:, None] + walk[1]
     shuffled = _remap_each(blurred, map_x, map_y, cv2.BORDER_REFLECT)
-    return _to_uint8(_gaussian_each(shuffled, sigma * scale, sigma * scale))
+    return _to_uint8(_gaussian_each(shuffled, sigma, sigma))
 
 
-def _motion_blur(batch, severity, level, rng, labels):
-    radius, sigma = MOTION[severity - 1]
+def _motion_blur(batch, entry, level, rng, labels):
+    radius, sigma = entry
     angles = rng.uniform(-45, 45, len(batch))
-    spacing = _spatial_scale(*batch.shape[1:3])
-    return _to_uint8(_streak_each(batch.astype(np.float32), angles, radius, sigma, spacing))
+    return _to_uint8(_streak_each(batch.astype(np.float32), angles, radius, sigma, 1.0))
 
 
-def _zoom_blur(batch, severity, level, rng, labels):
-    largest, step = ZOOM[severity - 1]
-    zooms = 1.0 + step * np.arange(int(round((largest - 1.0) / step)) + 1)
+def _zoom_blur(batch, entry, level, rng, labels):
+    stop, step = entry
+    zooms = np.arange(1, stop, step)  # the scripts' own zooms, float rounding included
     pixels = batch.astype(np.float32)
     return _to_uint8((pixels + _zoom_sum(pixels, zooms)) / (len(zooms) + 1))
 
@@ -694,24 +681,36 @@ def _zoom_blur(batch, severity, level, rng, labels):
 # ---------------------------------------------------------------- ImageNet-C: weather
 
 
-def _snow(batch, severity, level, rng, labels):
-    mean, std, flake_size, threshold, streak_radius, streak_sigma, kept = SNOW[severity - 1]
+def _zoom_matrix(side: int, zoom: float) -> np.ndarray:
+    """(side, crop) float32: ImageNet-C's clipped_zoom along one axis as a matrix. The central
+    ceil(side / zoom) samples are enlarged to round(crop * zoom) by linear interpolation on
+    scipy.ndimage.zoom's grid (output o reads input o * (crop - 1) / (out - 1)), and the
+    central `side` of those are kept."""
+    crop = max(int(math.ceil(side / zoom)), 1)
+    zoomed = max(int(round(crop * zoom)), side)
+    trim = (zoomed - side) // 2
+    positions = np.arange(trim, trim + side) * ((crop - 1) / max(zoomed - 1, 1))
+    low = np.minimum(np.floor(positions).astype(int), crop - 1)
+    share = (positions - low).astype(np.float32)
+    matrix = np.zeros((side, crop), np.float32)
+    np.add.at(matrix, (np.arange(side), low), 1 - share)
+    np.add.at(matrix, (np.arange(side), np.minimum(low + 1, crop - 1)), share)
+    return matrix
+
+
+def _snow(batch, entry, level, rng, labels):
+    mean, std, zoom, threshold, streak_radius, streak_sigma, kept = entry
     n, h, w, c = batch.shape
-    scale = _spatial_scale(h, w)
-    zoom = max(flake_size * scale, 1.0)
-    # a random field at 1 / zoom resolution, enlarged without interpolation: flakes about
-    # `zoom` px wide, covering the same share of the image at every size
-    small_h, small_w = max(int(math.ceil(h / zoom)), 1), max(int(math.ceil(w / zoom)), 1)
-    field = (mean + std * _standard_normal(rng, (n, small_h, small_w))).astype(np.float32)
-    if (small_h, small_w) != (h, w):
-        rows = np.minimum((np.arange(h) / zoom).astype(int), small_h - 1)
-        cols = np.minimum((np.arange(w) / zoom).astype(int), small_w - 1)
-        field = np.take(np.take(field, rows, axis=1), cols, axis=2)
+    # as ImageNet-C: a normal field enlarged `zoom` times by linear interpolation, then
+    # thresholded; interpolation lowers the field's spread between samples, which thins the flakes
+    rows, cols = _zoom_matrix(h, zoom), _zoom_matrix(w, zoom)
+    field = mean + std * _standard_normal(rng, (n, rows.shape[1], cols.shape[1]))
+    field = rows @ field @ cols.T  # (n, h, w), all images in two matrix products
     field[field < threshold] = 0
     flakes = np.clip(field, 0, 1)[..., None]
     angles = rng.uniform(-135, -45, n)
-    flakes = _streak_each(np.ascontiguousarray(flakes), angles, streak_radius, streak_sigma, scale)
-    flakes = np.rint(flakes * 255) / 255  # ImageNet-C rounds the flake layer to 8 bits
+    flakes = _streak_each(np.ascontiguousarray(flakes), angles, streak_radius, streak_sigma, 1.0)
+    flakes = np.rint(flakes * 255) / 255  # the reference rounds the flake layer to 8 bits
     pixels = batch.astype(np.float32) / 255
     whitened = np.maximum(pixels, _grey(batch)[..., None] / 255 * 1.5 + 0.5)
     pixels = kept * pixels + (1 - kept) * whitened
@@ -744,8 +743,8 @@ def _plasma(rng: np.random.Generator, n: int, size: int, roughness: float) -> np
     return (grid - low) / np.where(span > 0, span, 1)
 
 
-def _fog(batch, severity, level, rng, labels):
-    strength, roughness = FOG[severity - 1]
+def _fog(batch, entry, level, rng, labels):
+    strength, roughness = entry
     n, h, w, _ = batch.shape
     size = 1 << max(max(h, w) - 1, 1).bit_length()  # next power of two
     haze = _plasma(rng, n, size, roughness)[:, :h, :w, None]
@@ -755,7 +754,7 @@ def _fog(batch, severity, level, rng, labels):
     return _to_uint8(np.clip(fogged, 0, 1) * 255)
 
 
-def _brightness(batch, severity, level, rng, labels):
+def _brightness(batch, entry, level, rng, labels):
     pixels = batch.astype(np.float32) / 255
     if batch.shape[3] == 1:
         return _to_uint8(np.clip(pixels + level, 0, 1) * 255)
@@ -770,7 +769,7 @@ def _brightness(batch, severity, level, rng, labels):
 # ---------------------------------------------------------------- ImageNet-C: digital
 
 
-def _contrast(batch, severity, level, rng, labels):
+def _contrast(batch, entry, level, rng, labels):
     n, h, w, c = batch.shape
     pixels = batch.astype(np.float32)
     means = (np.full(h * w, 1.0 / (h * w), np.float32) @ pixels.reshape(n, h * w, c)).reshape(n, 1, 1, c)
@@ -782,17 +781,33 @@ def _contrast(batch, severity, level, rng, labels):
     return pixels.astype(np.uint8)
 
 
-def _elastic_transform(batch, severity, level, rng, labels):
+def _random_affine_each(pixels: np.ndarray, jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """Each float32 NHWC image warped by the affine map that moves three points around its
+    centre (a third of the side out) by uniform offsets of up to `jitter` px (ImageNet-C's)."""
+    n, h, w, _ = pixels.shape
+    centre, reach = np.float32([w // 2, h // 2]), min(h, w) // 3
+    anchors = np.float32([centre + reach, [centre[0] + reach, centre[1] - reach], centre - reach])
+    moved = anchors + rng.uniform(-jitter, jitter, (n, 3, 2)).astype(np.float32)
+    if reach == 0:  # under 3 px the three points coincide: nothing to warp by
+        return pixels
+    out = np.empty_like(pixels)
+    for i in range(n):
+        matrix = cv2.getAffineTransform(anchors, moved[i])
+        out[i] = cv2.warpAffine(pixels[i], matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101).reshape(out.shape[1:])
+    return out
+
+
+def _elastic_transform(batch, entry, level, rng, labels):
+    alpha, sigma, jitter = entry
     n, h, w, _ = batch.shape
-    scale = _spatial_scale(h, w)
-    rms, sigma = ELASTIC[severity - 1] * scale, ELASTIC_SMOOTHING * scale
-    # white noise smoothed by a unit-sum Gaussian has std ||kernel||_2; rescale to `rms` px
-    kernel_norm = np.linalg.norm(_gaussian_kernel(sigma)) ** 2
-    field = _gaussian_each(_standard_normal(rng, (n, h, w, 2)), sigma, sigma)
-    field *= rms / kernel_norm
+    pixels = batch.astype(np.float32)
+    if jitter > 0:
+        pixels = _random_affine_each(pixels, jitter, rng)
+    # uniform noise in [-1, 1] smoothed by a Gaussian of `sigma` px, times `alpha` px
+    field = _gaussian_each(rng.random((n, h, w, 2), dtype=np.float32) * 2 - 1, sigma, sigma) * np.float32(alpha)
     map_x = np.arange(w, dtype=np.float32) + field[..., 0]
     map_y = np.arange(h, dtype=np.float32)[:, None] + field[..., 1]
-    return _to_uint8(_remap_each(batch.astype(np.float32), map_x, map_y, cv2.BORDER_REFLECT))
+    return _to_uint8(_remap_each(pixels, map_x, map_y, cv2.BORDER_REFLECT))
 
 
 def _blocks(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
@@ -805,7 +820,7 @@ def _blocks(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
     return weights / weights.sum(axis=1, keepdims=True), block
 
 
-def _pixelate(batch, severity, level, rng, labels):
+def _pixelate(batch, entry, level, rng, labels):
     n, h, w, c = batch.shape
     row_weights, row_block = _blocks(h, max(int(h * level), 1))
     col_weights, col_block = _blocks(w, max(int(w * level), 1))
@@ -825,7 +840,7 @@ def _pixelate(batch, severity, level, rng, labels):
     return cv2.cvtColor(big.view(np.uint8).reshape(n * h, w, 4), cv2.COLOR_RGBA2RGB).reshape(n, h, w, 3)
 
 
-def _jpeg_compression(batch, severity, level, rng, labels):
+def _jpeg_compression(batch, entry, level, rng, labels):
     quality = [cv2.IMWRITE_JPEG_QUALITY, int(round(level))]
     if batch.shape[3] == 1:
         return _jpeg_grey_mosaic(batch[..., 0], quality)[..., None]

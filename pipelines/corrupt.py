@@ -72,6 +72,10 @@ def _write(run, params: dict, manifest, chosen, level: float | None):
 
     paths = manifest.local_paths()
     label_index = {name: i for i, name in enumerate(manifest.classes)}
+    from imaging.corruptions import table_for_size
+    from imaging.manifest import native_format
+
+    mlflow.set_tag("synthmix.corruption_table", table_for_size(native_format(manifest)[1]))  # the published severity table used
     with tempfile.TemporaryDirectory() as folder:
         out_root = Path(folder)
         frame = manifest.frame.copy()

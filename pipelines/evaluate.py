@@ -210,6 +210,10 @@ def _prepare(params: dict, model_uri: str, test_rows, kinds: list[str], severiti
 
     def inside(run) -> dict:
         mlflow.set_tag("synthmix.model", spec.model)
+        if kinds:  # ImageNet-C families follow the published table nearest to the image size
+            from imaging.corruptions import table_for_size
+
+            mlflow.set_tag("synthmix.corruption_table", table_for_size(spec.image_size))
         log_dataset(test_rows, {"test": test_rows}, artifact=False)
         logits = score(images)
         predictions = logits.argmax(1)

@@ -171,6 +171,10 @@ def _prepare(params: dict, manifest, report, name: str, on_epoch):
             print(f"[synthmix] continuing from the checkpoint of epoch {state['epoch'] + 1}/{params['epochs']}", flush=True)
         else:
             log_dataset(manifest, {"train": train_rows, "val": val_rows})
+            if params["augment"]:
+                from imaging.corruptions import table_for_size
+
+                mlflow.set_tag("synthmix.corruption_table", table_for_size(params["image_size"]))
             mlflow.log_metrics({"data/train_images": len(train_rows), "data/val_images": len(val_rows), **skipped_files(report)})
 
         metrics: dict[str, float] = {}

@@ -76,6 +76,7 @@ def test_evaluate_scores_every_kind_and_severity_and_normalises_by_a_baseline(ti
     baseline = evaluate({"train_run": baseline_model, **spec})
     result = evaluate({"train_run": model, **spec, "baseline_run": baseline.run_id})
     metrics = MlflowClient().get_run(result.run_id).data.metrics
+    assert MlflowClient().get_run(result.run_id).data.tags["synthmix.corruption_table"] == "cifar"  # 16 px: CIFAR-10-C's table
     base = MlflowClient().get_run(baseline.run_id).data.metrics
     for kind in ("salt_pepper", "gaussian_noise"):
         expected = sum(1 - metrics[f"robust/acc/{kind}/{s}"] for s in (1, 5)) / sum(1 - base[f"robust/acc/{kind}/{s}"] for s in (1, 5))
