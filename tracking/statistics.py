@@ -251,7 +251,7 @@ def headline_from_facts(facts: dict) -> str:
         sentence = f"Up to {percent(facts['max_ratio'])} synthetic images{largest} cost less than {tolerance} of {metric_label} ({_drop_phrase(drop)})"
         following = facts["next_drop"]
         if following is not None:
-            sentence += f"; at {percent(following['ratio'])} {_following_phrase(following)}"
+            sentence += f"; at {percent(following['ratio'])} {_drop_phrase(following, clause=True)}"
         sentence += "."
     elif verdict == "one_seed":
         sentence = (
@@ -274,20 +274,15 @@ def headline_from_facts(facts: dict) -> str:
     return " ".join(clauses)
 
 
-def _drop_phrase(drop: dict) -> str:
+def _drop_phrase(drop: dict, clause: bool = False) -> str:
+    """The drop with its interval, as a parenthesis ("drop 0.4 points, 95% CI ...") or as a clause ("the drop is ...")."""
     if drop["n"] == 0:
-        return "no finished runs"
+        return "no run finished" if clause else "no finished runs"
+    points = f"{signed_points(drop['mean'], plus=False)} points"
     if drop["n"] < 2 or math.isnan(drop["low"]):
-        return f"drop {signed_points(drop['mean'], plus=False)} points from one seed, no CI"
-    return f"drop {signed_points(drop['mean'], plus=False)} points, 95% CI {signed_points(drop['low'], plus=False)} to {signed_points(drop['high'], plus=False)}, {drop['n']} seeds"
-
-
-def _following_phrase(drop: dict) -> str:
-    if drop["n"] == 0:
-        return "no run finished"
-    if drop["n"] < 2 or math.isnan(drop["low"]):
-        return f"the drop is {signed_points(drop['mean'], plus=False)} points from one seed, without a CI"
-    return f"the drop is {signed_points(drop['mean'], plus=False)} points (95% CI {signed_points(drop['low'], plus=False)} to {signed_points(drop['high'], plus=False)})"
+        return f"the drop is {points} from one seed, without a CI" if clause else f"drop {points} from one seed, no CI"
+    interval = f"95% CI {signed_points(drop['low'], plus=False)} to {signed_points(drop['high'], plus=False)}"
+    return f"the drop is {points} ({interval})" if clause else f"drop {points}, {interval}, {drop['n']} seeds"
 
 
 # ---------------------------------------------------------------- formatting
