@@ -109,7 +109,8 @@ class Manifest:
 
         with warnings.catch_warnings():  # a local folder matches more than one MLflow source type
             warnings.simplefilter("ignore")
-            return mlflow.data.from_pandas(self.frame[COLUMNS].copy(), source=self.root or "synthmix", targets="label", name=self.name, digest=self.digest)
+            # plain object columns: MLflow infers the schema of these faster than of Arrow strings
+            return mlflow.data.from_pandas(self.frame[COLUMNS].astype(object), source=self.root or "synthmix", targets="label", name=self.name, digest=self.digest)
 
 
 def _artifact_folder(run_id: str, top: str) -> Path:
