@@ -245,7 +245,7 @@ def headline_from_facts(facts: dict) -> str:
     if verdict == "no_baseline":
         sentence = f"No real-only ({percent(facts['baseline_ratio'])} synthetic) run finished, so there is no baseline to measure the {metric_label} drop against."
     elif verdict == "no_fractions":
-        sentence = "Only real-only runs finished, so no synthetic fraction can be compared with them yet."
+        sentence = "No cell with synthetic images finished (none was asked for, or all failed), so no synthetic fraction can be compared with real-only training; add ratios above 0 or see the failed steps."
     elif verdict == "up_to":
         largest = " (the largest fraction tested)" if facts["max_ratio"] == facts["largest_tested_ratio"] else ""
         sentence = f"Up to {percent(facts['max_ratio'])} synthetic images{largest} cost less than {tolerance} of {metric_label} ({_drop_phrase(drop)})"
