@@ -139,10 +139,10 @@ def native_format(manifest: Manifest, sample: int = 64) -> tuple[int, int]:
     from imaging.images import open_image, to_array
 
     rows = manifest.split("train")
-    real = rows.frame["source"] == "real"
-    if real.any():  # a mix is shaped like its real images, whatever the synthetic ones are
-        rows = Manifest(rows.frame[real].head(sample).copy(), rows.root, rows.name, rows.classes)
-    paths = rows.local_paths()[:sample]
+    if (rows.frame["source"] == "real").any():  # a mix is shaped like its real images, whatever the synthetic ones are
+        rows = real_only(rows)
+    # only the sampled rows: local_paths may have to download run artifacts
+    paths = Manifest(rows.frame.head(sample).copy(), rows.root, rows.name, rows.classes).local_paths()
     channels, sides = 1, Counter()
     for path in paths:
         array = to_array(open_image(path.read_bytes()))

@@ -86,10 +86,6 @@ def data_params(default: str = "mnist5k", help_suffix: str = "") -> list[click.O
 DEVICE = option("device", "auto", "Torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 
 
-def data_kwargs(params: dict) -> dict:
-    return {key: params[key] for key in DATA_DEFAULTS}
-
-
 def resolve_device(name: str):
     import torch
 

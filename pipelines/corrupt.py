@@ -65,17 +65,14 @@ def _write(run, params: dict, manifest, chosen, level: float | None):
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from imaging.corruptions import corrupt
+    from imaging.corruptions import corrupt, table_for_size
     from imaging.images import open_image, to_array
     from imaging.manifest import Manifest
     from tracking.lineage import log_dataset
 
     paths = manifest.local_paths()
     label_index = {name: i for i, name in enumerate(manifest.classes)}
-    from imaging.corruptions import table_for_size
-    from imaging.manifest import native_format
-
-    mlflow.set_tag("synthmix.corruption_table", table_for_size(native_format(manifest)[1]))  # the published severity table used
+    tables = set()  # the published severity tables the images' sizes chose
     with tempfile.TemporaryDirectory() as folder:
         out_root = Path(folder)
         frame = manifest.frame.copy()
@@ -93,6 +90,7 @@ def _write(run, params: dict, manifest, chosen, level: float | None):
             for position, (_, array) in enumerate(decoded):
                 shapes.setdefault(array.shape, []).append(position)
             for shape, positions in shapes.items():
+                tables.add(table_for_size(min(shape[:2])))
                 batch = np.stack([decoded[p][1] for p in positions])
                 labels = np.array([label_index[frame.at[rows[p], "label"]] for p in positions])
                 corrupted = corrupt(batch, params["kind"], params["severity"], seed=params["seed"] * 1_000_003 + start, level=level, labels=labels)
@@ -112,6 +110,7 @@ def _write(run, params: dict, manifest, chosen, level: float | None):
                     frame.loc[row, ["path", "run_id", "sha256"]] = [relative, run.info.run_id, hashlib.sha256(buffer.getvalue()).hexdigest()]
                     frame.loc[row, ["corruption", "severity", "level"]] = [params["kind"], str(params["severity"]), "" if level is None else str(level)]
         mlflow.log_artifacts(str(out_root / "images"), "images")
+    mlflow.set_tag("synthmix.corruption_table", ",".join(sorted(tables)))
     result = Manifest(frame, manifest.root, f"{manifest.name}-{params['kind']}{params['severity']}", list(manifest.classes))
     log_dataset(result, {"source": manifest.split(params["split"]), params["split"]: result.split(params["split"])})
     print(f"[synthmix] wrote {len(chosen)} corrupted {params['split']} images", flush=True)

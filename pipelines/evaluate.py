@@ -125,7 +125,7 @@ def _model_key(model_uri: str) -> str:
 def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None, reuse: bool = False, tags: dict | None = None):
     """Evaluate with `params` (DEFAULTS filled in); returns a StageResult with the test and robust metrics."""
     from imaging.errors import InputError
-    from imaging.manifest import Manifest, real_only
+    from imaging.manifest import real_only
     from tracking.lineage import load_manifest
     from tracking.runs import get_or_run, get_run, quiet_mlflow, run_params
 
@@ -157,7 +157,6 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
         raise InputError("with --model-uri, also pass --data: the dataset whose test split to score.")
     manifest, _ = load_manifest(source)
     test_rows = real_only(manifest.split("test"))
-    test_rows = Manifest(test_rows.frame, test_rows.root, f"{manifest.name}-test", list(manifest.classes))
     if len(test_rows) == 0:
         raise InputError(f"dataset {manifest.name} has no real test images; give it a test/ folder or a test_fraction above 0.")
 

@@ -114,9 +114,8 @@ def mix(params: dict, *, nested: bool = False, run_name: str | None = None, reus
     """Mix with `params` (DEFAULTS filled in); returns a StageResult with the achieved counts and the manifest."""
     from pathlib import Path
 
-    from imaging.datasets import load_dataset
     from imaging.mixing import check_ratio
-    from pipelines._cli import data_kwargs
+    from tracking.lineage import load_manifest
     from tracking.runs import get_or_run, quiet_mlflow
 
     quiet_mlflow()
@@ -124,7 +123,7 @@ def mix(params: dict, *, nested: bool = False, run_name: str | None = None, reus
     check_ratio(params["ratio"], params["mode"])
     synthetic_source(params)  # before the real dataset is scanned, which can take a while
 
-    real, report = load_dataset(params["data"], **data_kwargs(params))
+    real, report = load_manifest({**params, "dataset_run": ""})
     synthetic, synthetic_skipped, synthetic_run = load_synthetic(params)
     key = {**params, "real_digest": real.digest, "synthetic_digest": synthetic.digest}
     all_tags = {"synthmix.ratio": str(params["ratio"]), "synthmix.mode": params["mode"]}

@@ -82,6 +82,7 @@ def train(params: dict, *, on_epoch=None, nested: bool = False, run_name: str | 
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
+    target = None
     if optional(params["resume_run"]):
         # the checkpoint's own config wins: a resumed run computes what it started to compute
         target = _resume_target(params, "")
@@ -109,7 +110,7 @@ def train(params: dict, *, on_epoch=None, nested: bool = False, run_name: str | 
     return get_or_run(
         "train", key, lambda: _prepare(params, manifest, report, name, on_epoch),
         run_name=name, params=logged, tags={"synthmix.model": params["model"], "synthmix.dataset_digest": manifest.digest, **(tags or {})},
-        nested=nested, reuse=reuse, resume=lambda key_hash: _resume_target(params, key_hash),
+        nested=nested, reuse=reuse, resume=lambda key_hash: target or _resume_target(params, key_hash),
     )
 
 

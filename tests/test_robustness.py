@@ -26,6 +26,7 @@ def test_corrupt_writes_the_split_in_the_source_format_with_provenance(tmp_path,
     write_image(root / "ant" / "photo.jpg", np.full((32, 32, 3), 120, np.uint8))
     result = corrupt_split({"data": str(root), "kind": "salt_pepper", "severity": 2, "split": "test", "test_fraction": 0.25, "seed": 3})
     manifest = result.manifest
+    assert MlflowClient().get_run(result.run_id).data.tags["synthmix.corruption_table"] == "cifar"  # 32 px images
     test = manifest.frame[manifest.frame["split"] == "test"]
     untouched = manifest.frame[manifest.frame["split"] != "test"]
     assert (test["run_id"] == result.run_id).all() and (test["corruption"] == "salt_pepper").all()

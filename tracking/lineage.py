@@ -47,7 +47,7 @@ def skipped_files(report) -> dict[str, int]:
     """What a scan left out, as metrics: unreadable images and files that are not images by name."""
     if report is None:
         return {}
-    return {"data/skipped_images": report.skipped, **({"data/ignored_files": report.ignored} if hasattr(report, "ignored") else {})}
+    return {"data/skipped_images": report.skipped, "data/ignored_files": report.ignored}
 
 
 def log_dataset(manifest: Manifest, inputs: dict[str, Manifest] | None = None, *, artifact: bool = True) -> None:

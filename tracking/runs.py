@@ -117,10 +117,10 @@ def use_experiment() -> str:
 
 
 @contextmanager
-def stage_run(stage: str, run_name: str, params: dict, tags: dict | None = None, *, run_id: str | None = None, nested: bool = False, key_hash: str = ""):
-    """Start (or reopen `run_id`) a run for `stage`, tagged and with its parameters logged once."""
+def stage_run(stage: str, run_name: str, params: dict, tags: dict | None, *, key_hash: str, run_id: str | None = None, nested: bool = False):
+    """Start (or reopen `run_id`) a run for `stage`, tagged with its config hash and with its parameters logged once."""
     use_experiment()
-    all_tags = {TAG_STAGE: stage, TAG_CONFIG: key_hash or config_hash(stage, params), TAG_CODE: code_version(), **(tags or {})}
+    all_tags = {TAG_STAGE: stage, TAG_CONFIG: key_hash, TAG_CODE: code_version(), **(tags or {})}
     project_run = os.environ.get("MLFLOW_RUN_ID")
     if run_id and project_run and project_run != run_id and not nested:
         # `mlflow run` made a fresh run for us, but we continue another: point the fresh one at it
@@ -166,10 +166,6 @@ class StageResult:
         from tracking.lineage import run_manifest
 
         return run_manifest(self.run_id, f"{self.stage} run")
-
-    @property
-    def run(self):
-        return MlflowClient().get_run(self.run_id)
 
 
 def get_or_run(

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from tracking.figures import log_figure
-from tracking.report import accuracy_figure, robust_figure, write_report
+from tracking.report import accuracy_figure, figure_png, robust_figure, write_report
 from tracking.runs import TRAINING_VIEW, run_url, ui_base
-from tracking.statistics import headline, headline_facts, study_metric_series, study_metrics, summarise, to_markdown
+from tracking.statistics import headline_facts, headline_from_facts, study_metric_series, study_metrics, summarise, to_markdown
 
 SAMPLE_GRIDS = 10  # synthetic sample grids (one per class) shown in the report
 
@@ -101,16 +103,22 @@ def answer(run, params: dict, results: pd.DataFrame, steps: pd.DataFrame, plan: 
         figures, summary = {}, None
         if cells_ok:
             summary = summarise(results, metrics)
-            sentence = headline(summary, params["tolerance"])
             facts["answer"] = headline_facts(summary, params["tolerance"])
+            sentence = headline_from_facts(facts["answer"])
             summary.to_csv(out / "summary.csv", index=False)
             (out / "summary.md").write_text(f"{sentence}\n\n{to_markdown(summary, metrics)}\n")
             mlflow.log_metrics(study_metrics(summary))
-            for key, value, step in study_metric_series(summary):
-                mlflow.log_metric(key, value, step=step)
-            figures["Test accuracy against the synthetic share of the training set (95% CI over seeds)"] = accuracy_figure(summary, tolerance=params["tolerance"])
+            now = int(time.time() * 1000)  # the curves in one batch: a write per point would cost seconds
+            client.log_batch(run.info.run_id, metrics=[Metric(key, value, now, step) for key, value, step in study_metric_series(summary)])
+            # each figure drawn once: the PNG goes into the report and under figures/
+            drawn = {"accuracy": ("Test accuracy against the synthetic share of the training set (95% CI over seeds)", accuracy_figure(summary, tolerance=params["tolerance"]))}
             if plan["kinds"]:
-                figures["Robust accuracy per corruption (mean over severities) against the synthetic share"] = robust_figure(summary, plan["kinds"])
+                drawn["robustness"] = ("Robust accuracy per corruption (mean over severities) against the synthetic share", robust_figure(summary, plan["kinds"]))
+            (out / "figures").mkdir()
+            for name, (caption, figure) in drawn.items():
+                figures[caption] = figure_png(figure)
+                (out / "figures" / f"{name}.png").write_bytes(figures[caption])
+                plt.close(figure)
         else:
             sentence = f"No cell of the study finished ({cells_failed} failed), so there is no answer; the runs table says why."
         facts["headline"] = sentence
@@ -129,8 +137,6 @@ def answer(run, params: dict, results: pd.DataFrame, steps: pd.DataFrame, plan: 
             figures=figures, confusion=_confusion(ok) if cells_ok else [], synthesis=_synthesis(synthesis), runs=steps, notes=notes,
         )
         mlflow.log_artifacts(str(out))
-        for name, figure in zip(("accuracy", "robustness"), figures.values()):
-            log_figure(figure, f"figures/{name}.png")
     artifact_uri = run.info.artifact_uri.rstrip("/") + "/" + html.name
     facts["report"] = artifact_uri.removeprefix("file://")
     facts["url"] = urls["run"]
