@@ -32,10 +32,14 @@ class BadImage(Exception):
 _PIL_LIMIT = threading.Lock()
 
 
-def _too_big(width: int, height: int, max_pixels: int) -> BadImage:
+# what a too-big message tells a user to do, by where the image came from
+RAISE_LIMIT = ("--max-pixels limit", "raise --max-pixels if the file is genuine")
+
+
+def _too_big(width: int, height: int, max_pixels: int, limit: tuple[str, str] = RAISE_LIMIT) -> BadImage:
     return BadImage(
-        f"{width}x{height} = {width * height:,} pixels is over the --max-pixels limit of {max_pixels:,} "
-        "(a possible decompression bomb); raise --max-pixels if the file is genuine"
+        f"{width}x{height} = {width * height:,} pixels is over the {limit[0]} of {max_pixels:,} "
+        f"(a possible decompression bomb); {limit[1]}"
     )
 
 
@@ -53,8 +57,11 @@ def _open_header(data: bytes) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open and fully decode image bytes, refusing truncated files and oversized images."""
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, limit: tuple[str, str] = RAISE_LIMIT) -> Image.Image:
+    """Open and fully decode image bytes, refusing truncated files and oversized images.
+
+    `limit`: how a too-big message names the limit and what to do about it.
+    """
     image = None
     try:
         with warnings.catch_warnings():
@@ -63,7 +70,7 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image
             image = _open_header(data)
             width, height = image.size
             if width * height > max_pixels:
-                raise _too_big(width, height, max_pixels)
+                raise _too_big(width, height, max_pixels, limit)
             image.load()  # raises on truncated data
     except BadImage:
         raise
@@ -107,10 +114,14 @@ def to_array(image: Image.Image, channels: int | None = None) -> np.ndarray:
     return array[:, :, None] if array.ndim == 2 else array
 
 
-def decode(data: bytes, channels: int | None = None, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode(data: bytes, channels: int | None = None, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+           limit: tuple[str, str] = RAISE_LIMIT) -> np.ndarray:
     """Bytes to uint8 HWC, optionally converted to `channels` and resized to size x size."""
-    image = open_image(data, max_pixels)
-    array = to_array(image, channels)
+    return conform(to_array(open_image(data, max_pixels, limit), channels), size)
+
+
+def conform(array: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 HWC resized to size x size (bilinear) unless it already is."""
     if size is not None and (array.shape[0] != size or array.shape[1] != size):
         mode = "L" if array.shape[2] == 1 else "RGB"
         resized = Image.fromarray(array[:, :, 0] if mode == "L" else array, mode).resize((size, size), Image.Resampling.BILINEAR)

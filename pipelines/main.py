@@ -44,9 +44,10 @@ PARAMS = [
     option("study", "", "Name of the study (tag synthmix.study on every run); empty: <data>-<model>-<generator>."),
     DEVICE,
     *pick(train_stage.PARAMS, "checkpoint_every"),
+    option("registered_model", "", "Model Registry name the study's best model (by val/acc) is registered under, with the alias champion; empty: <dataset>-classifier; none: do not register."),
 ]
 DEFAULTS = defaults(PARAMS)
-NOT_HASHED = ("device", "checkpoint_every")
+NOT_HASHED = ("device", "checkpoint_every", "registered_model")
 DATA_KEYS = ("data", *DATA_DEFAULTS)  # the real dataset and how it is split and checked
 
 
@@ -145,6 +146,8 @@ def main(params: dict) -> dict:
     click.echo(f"[synthmix] study run: {facts['url']}")
     click.echo(f"[synthmix] its metrics as charts: {facts['urls']['charts']}")
     click.echo(f"[synthmix] its steps: {facts['urls']['table']}")
+    if facts.get("champion"):
+        click.echo(f"[synthmix] champion: {facts['champion']}")
     return facts | {"run_id": result.run_id}
 
 
@@ -225,6 +228,7 @@ def _study(run, params: dict, manifest, plan: dict):
     from tracking.study import answer
 
     started = time.perf_counter()
+    plan = {**plan, "champion": _champion(run, params, manifest) if any(row["status"] == "ok" for row in rows) else ""}
     steps_table = pd.DataFrame(steps)
     if "seed" in steps_table:  # the synthesis step has none: keep the others' seeds whole numbers
         steps_table["seed"] = steps_table["seed"].astype("Int64")
@@ -238,6 +242,26 @@ def _study(run, params: dict, manifest, plan: dict):
     counts = {"study/cells_ok": facts["cells_ok"], "study/cells_failed": facts["cells_failed"]}
     mlflow.log_metrics(counts)
     return counts, facts
+
+
+def _champion(run, params: dict, manifest) -> str:
+    """Register the study's best model (on val/acc) and say what became champion; a failure here loses no result."""
+    from pipelines.register import model_name, register
+
+    name = params["registered_model"].strip()
+    if name.lower() in ("none", "skip"):
+        return ""
+    try:
+        done = register({"parent_run": run.info.run_id, "registered_model": name or model_name(manifest.name), "metric": "val/acc"}, echo=lambda text: None)
+    except Exception as error:
+        print(f"[synthmix] the study's best model was not registered: {error.__class__.__name__}: {error}", flush=True)
+        return f"not registered ({error.__class__.__name__}: {error})"
+    import mlflow
+
+    mlflow.set_tag("synthmix.registered", f"models:/{done.name}/{done.version}")
+    if done.moved or done.previous == done.version:
+        mlflow.set_tag("synthmix.champion", done.uri)
+    return done.message
 
 
 command = stage_command("main", __doc__, PARAMS, lambda **params: main(params))

@@ -130,6 +130,7 @@ def answer(run, params: dict, results: pd.DataFrame, steps: pd.DataFrame, plan: 
             f"Data {params['data']}: models are chosen on validation data; every number here is on the real test split. "
             f"Robust accuracy: corruptions {', '.join(plan['kinds']) or 'none'} at severities {params['severities']}.",
             f"Study run {run.info.run_id}; its steps in the MLflow UI: {urls['table']}",
+            *([f"Registry: {plan['champion']}"] if plan.get("champion") else []),
         ]
         html = write_report(
             out / "report.html", title=f"synthmix study: {plan['study']}", headline=sentence,
@@ -141,4 +142,5 @@ def answer(run, params: dict, results: pd.DataFrame, steps: pd.DataFrame, plan: 
     facts["report"] = artifact_uri.removeprefix("file://")
     facts["url"] = urls["run"]
     facts["urls"] = urls
+    facts["champion"] = plan.get("champion", "")
     return facts
