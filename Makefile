@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup dev demo test ui mlproject clean
+.PHONY: setup dev demo test ui serve mlproject clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: dev  ## the whole test suite
 
 ui: setup  ## browse the runs at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+MODEL ?= mnist5k-classifier
+PORT ?= 5001
+serve: setup  ## serve models:/$(MODEL)@champion (the study's best, registered by make demo) at http://127.0.0.1:$(PORT)/invocations
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} $(VENV)/bin/mlflow models serve -m "models:/$(MODEL)@champion" --env-manager local -h 127.0.0.1 -p $(PORT)
 
 mlproject: setup  ## rewrite MLproject from the stages' declared parameters
 	$(PY) -m pipelines.__main__ --mlproject > MLproject

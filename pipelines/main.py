@@ -228,7 +228,8 @@ def _study(run, params: dict, manifest, plan: dict):
     from tracking.study import answer
 
     started = time.perf_counter()
-    plan = {**plan, "champion": _champion(run, params, manifest) if any(row["status"] == "ok" for row in rows) else ""}
+    trained = [row["train_run"] for row in rows if row["status"] == "ok"]
+    plan = {**plan, "champion": _champion(run, params, manifest, trained) if trained else ""}
     steps_table = pd.DataFrame(steps)
     if "seed" in steps_table:  # the synthesis step has none: keep the others' seeds whole numbers
         steps_table["seed"] = steps_table["seed"].astype("Int64")
@@ -244,7 +245,7 @@ def _study(run, params: dict, manifest, plan: dict):
     return counts, facts
 
 
-def _champion(run, params: dict, manifest) -> str:
+def _champion(run, params: dict, manifest, trained: list[str]) -> str:
     """Register the study's best model (on val/acc) and say what became champion; a failure here loses no result."""
     from pipelines.register import model_name, register
 
@@ -252,7 +253,8 @@ def _champion(run, params: dict, manifest) -> str:
     if name.lower() in ("none", "skip"):
         return ""
     try:
-        done = register({"parent_run": run.info.run_id, "registered_model": name or model_name(manifest.name), "metric": "val/acc"}, echo=lambda text: None)
+        done = register({"parent_run": run.info.run_id, "registered_model": name or model_name(manifest.name), "metric": "val/acc"},
+                        runs=trained, echo=lambda text: None)
     except Exception as error:
         print(f"[synthmix] the study's best model was not registered: {error.__class__.__name__}: {error}", flush=True)
         return f"not registered ({error.__class__.__name__}: {error})"

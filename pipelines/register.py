@@ -202,8 +202,50 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}"
 
 
-def register(params: dict, *, echo=click.echo) -> Registered:
-    """Choose, register and (when better) move the alias; see the module docstring."""
+def _decide(holder, version: str, best: Candidate, metric: str, alias: str, lower: bool, force: bool) -> tuple[bool, str]:
+    """(move the alias to `version`?, why) against the version that holds it now (None: none does)."""
+    if holder is None:
+        return True, f"no version held '{alias}' before"
+    if str(holder.version) == version:
+        return False, f"version {version} already holds '{alias}'"
+    held = holder.tags
+    held_metric, held_value = held.get(f"{TAG}metric"), held.get(f"{TAG}metric_value")
+    if held_metric is None or held_value is None:
+        basis = "it was not registered by synthmix (no recorded metric)"
+    elif held_metric != metric:
+        basis = f"it was chosen on {held_metric}, not {metric}"
+    elif held.get(f"{TAG}val_digest") != best.val_digest:
+        basis = f"it was chosen on other validation data (digest {held.get(TAG + 'val_digest')}, not {best.val_digest})"
+    else:
+        old = float(held_value)
+        if (best.value < old) if lower else (best.value > old):
+            return True, f"it beats version {holder.version} ({metric} {_fmt(old)})"
+        return False, f"version {holder.version} keeps '{alias}' ({metric} {_fmt(old)} is not beaten)"
+    if force:
+        return True, f"--force moved '{alias}' from version {holder.version}, although {basis}"
+    return False, f"version {holder.version} keeps '{alias}' because {basis}; pass --force true to move it"
+
+
+def _study_steps(client, parent) -> list:
+    """The runs a study's runs.csv names: steps it reused from another study are not below its run."""
+    import pandas as pd
+
+    try:
+        import mlflow
+
+        steps = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="runs.csv"))
+    except Exception:
+        return []  # not a study run, or one that has not finished a first pass
+    ids = [i for i in steps.get("run_id", pd.Series(dtype=str)).dropna().astype(str) if i]
+    return [client.get_run(i) for i in dict.fromkeys(ids)]
+
+
+def register(params: dict, *, runs: list[str] | None = None, echo=click.echo) -> Registered:
+    """Choose, register and (when better) move the alias; see the module docstring.
+
+    `runs`: run ids that compete besides those below --parent-run (the study passes its cells'
+    train runs, some of which it may have reused from another study).
+    """
     from mlflow import MlflowClient
 
     from imaging.errors import InputError
@@ -219,10 +261,12 @@ def register(params: dict, *, echo=click.echo) -> Registered:
     client = MlflowClient()
     if optional(params["parent_run"]):
         parent = get_run(params["parent_run"], "parent_run")
-        runs, where = _descendants(client, parent), f"the runs below {parent.info.run_name} ({parent.info.run_id})"
+        found, where = _descendants(client, parent) + _study_steps(client, parent), f"the runs below {parent.info.run_name} ({parent.info.run_id})"
     else:
-        runs, where = _experiment_runs(client, optional(params["experiment"]))
-    choice = choose(runs, metric, params["direction"], optional(params["data"]), where)
+        found, where = _experiment_runs(client, optional(params["experiment"]))
+    found += [client.get_run(run_id) for run_id in runs or []]
+    found = list({run.info.run_id: run for run in found}.values())
+    choice = choose(found, metric, params["direction"], optional(params["data"]), where)
     best = choice.best
     name = optional(params["registered_model"]) or model_name(best.dataset)
     lower = lower_is_better(metric, params["direction"])
@@ -257,32 +301,7 @@ def register(params: dict, *, echo=click.echo) -> Registered:
     test_text = f"; test/acc {_fmt(test_acc)}" if test_acc is not None else ""
     what = f"train run {best.run_id[:8]}{' (' + best.cell + ')' if best.cell else ''}: {metric} {_fmt(best.value)}, {pool}{test_text}"
     previous = str(holder.version) if holder is not None else None
-    if holder is not None and previous == version:
-        moved, reason = False, f"version {version} already holds '{alias}'"
-    elif holder is None:
-        moved, reason = True, f"no version held '{alias}' before"
-    else:
-        held = holder.tags
-        held_value = held.get(f"{TAG}metric_value")
-        comparable = held.get(f"{TAG}metric") == metric and held.get(f"{TAG}val_digest") == best.val_digest and held_value is not None
-        if not comparable:
-            if held.get(f"{TAG}metric") is None or held_value is None:
-                basis = "it was not registered by synthmix (no recorded metric)"
-            elif held.get(f"{TAG}metric") != metric:
-                basis = f"it was chosen on {held[TAG + 'metric']}, not {metric}"
-            else:
-                basis = f"it was chosen on other validation data (digest {held.get(TAG + 'val_digest')}, not {best.val_digest})"
-            if params["force"]:
-                moved, reason = True, f"--force moved '{alias}' from version {holder.version}, although {basis}"
-            else:
-                moved, reason = False, f"version {holder.version} keeps '{alias}' because {basis}; pass --force true to move it"
-        else:
-            old = float(held_value)
-            better = best.value < old if lower else best.value > old
-            if better:
-                moved, reason = True, f"it beats version {holder.version} ({metric} {_fmt(old)})"
-            else:
-                moved, reason = False, f"version {holder.version} keeps '{alias}' ({metric} {_fmt(old)} is not beaten)"
+    moved, reason = _decide(holder, version, best, metric, alias, lower, params["force"])
     if moved:
         client.set_registered_model_alias(name, alias, version)
     description = f"{what}. {'Holds' if moved or previous == version else 'Does not hold'} '{alias}': {reason}."

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -29,7 +30,8 @@ def children(parent_id: str, experiment_id: str) -> list:
 
 
 def test_the_study_nests_every_step_answers_with_intervals_and_reuses_its_steps(tiny_folder, experiment):
-    first = main({**TINY, "data": str(tiny_folder)})
+    name = f"study-{uuid.uuid4().hex[:8]}"
+    first = main({**TINY, "data": str(tiny_folder), "registered_model": name})
     parent = MlflowClient().get_run(first["run_id"])
     steps = children(parent.info.run_id, experiment)
     stages = sorted(r.data.tags["synthmix.stage"] for r in steps)
@@ -53,12 +55,29 @@ def test_the_study_nests_every_step_answers_with_intervals_and_reuses_its_steps(
     html = Path(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="report.html")).read_text()
     assert first["headline"].split(" (")[0] in html and "https://" not in html and "http://127" in html  # the UI link is text, not a fetched resource
 
+    # the champion: the train run with the best val/acc (never test/acc), registered and aliased, named in the output and report
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias(name, "champion")
+    trained = [r for r in steps if r.data.tags["synthmix.stage"] == "train"]
+    assert client.get_run(champion.run_id).data.metrics["val/acc"] == max(r.data.metrics["val/acc"] for r in trained)
+    assert first["champion"].startswith(f"models:/{name}@champion is version 1, train run {champion.run_id[:8]}")
+    assert "best val/acc of 8 finished train runs" in first["champion"] and f"Registry: models:/{name}@champion is version 1" in html
+    assert client.get_run(parent.info.run_id).data.tags["synthmix.champion"] == f"models:/{name}@champion"
+
     # the same command again continues the same parent and reuses every step
-    again = main({**TINY, "data": str(tiny_folder)})
+    again = main({**TINY, "data": str(tiny_folder), "registered_model": name})
     assert again["run_id"] == first["run_id"] and again["headline"] == first["headline"]
     assert len(runs_of(experiment, "train")) == 8 and len(runs_of(experiment, "main")) == 1
     steps_table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="runs.csv"))
     assert set(steps_table["status"]) == {"reused"}
+    assert "version 1 already holds 'champion'" in again["champion"] and len(client.search_model_versions(f"name = '{name}'")) == 1
+    # another study whose every step is reused from this one (a different tolerance) finds the same champion
+    other = main({**TINY, "data": str(tiny_folder), "registered_model": name, "tolerance": 0.05})
+    assert other["run_id"] != first["run_id"] and "version 1 already holds 'champion'" in other["champion"]
+    assert "best val/acc of 8 finished train runs" in other["champion"]
+    from pipelines.register import register
+
+    assert register({"parent_run": other["run_id"], "registered_model": name}).candidates == 8  # found through its runs.csv
 
 
 def test_a_failing_cell_is_reported_and_the_study_goes_on(tmp_path, experiment):
