@@ -69,6 +69,8 @@ def start_server(model_uri: str, port: int, workers: int, log: Path) -> subproce
         [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", model_uri, "--env-manager", "local",
          "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        # the server execs `uvicorn` from PATH: the one installed beside this Python
+        env={**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])},
     )
     deadline = time.monotonic() + 180
     while True:

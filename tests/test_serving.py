@@ -109,6 +109,8 @@ def test_the_real_server_answers_every_format_as_in_process_and_refuses_bad_requ
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # the server execs `uvicorn` from PATH: the one installed beside this Python
+        env={**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])},
     )
     try:
         deadline = time.monotonic() + 180
