@@ -13,6 +13,7 @@ STAGES = {
     "synthesize": "Train or load a generator (DCGAN, VAE, DDPM, Stable Diffusion) and write N images per class.",
     "corrupt": "Write a corrupted copy of one split (salt-and-pepper, gradient noise, blend, ImageNet-C).",
     "mix": "Build a training manifest of real + synthetic images at a synthetic fraction (no images copied).",
+    "sweep": "Optuna study over synthetic ratio, corruption, severity and lr with pruning; workers share it via --storage.",
     "register": "Register the best classifier of a study (by a validation metric) and point the alias champion at it.",
 }
 

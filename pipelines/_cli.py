@@ -26,6 +26,9 @@ def handle_errors(function):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
+            from tracking.connect import check_tracking
+
+            check_tracking()  # an unreachable server is one line now, not minutes of retries
             return function(*args, **kwargs)
         except InputError as error:
             click.echo(f"error: {error}", err=True)

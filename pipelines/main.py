@@ -45,9 +45,10 @@ PARAMS = [
     DEVICE,
     *pick(train_stage.PARAMS, "checkpoint_every"),
     option("registered_model", "", "Model Registry name the study's best model (by val/acc) is registered under, with the alias champion; empty: <dataset>-classifier; none: do not register."),
+    option("storage", "", "Optuna storage URL (e.g. postgresql://user@host/db) to split the cells over workers: every worker started with the same command takes cells no other has taken, and the one that finishes the last cell writes the report; empty: all cells here."),
 ]
 DEFAULTS = defaults(PARAMS)
-NOT_HASHED = ("device", "checkpoint_every", "registered_model")
+NOT_HASHED = ("device", "checkpoint_every", "registered_model", "storage")
 DATA_KEYS = ("data", *DATA_DEFAULTS)  # the real dataset and how it is split and checked
 
 
@@ -129,18 +130,28 @@ def main(params: dict) -> dict:
     source = synthetic_run or synthetic_data or params["generator"]
     study = params["study"] or f"{manifest.name}-{params['model']}-{source if not synthetic_run else 'run-' + synthetic_run[:8]}".replace("/", "_")
     key = {**{k: v for k, v in params.items() if k not in NOT_HASHED}, "dataset_digest": manifest.digest}
-    plan = {"ratios": ratios, "augments": augments, "seeds": seeds, "kinds": kinds, "synthetic_run": synthetic_run, "synthetic_data": synthetic_data, "study": study}
+    plan = {"ratios": ratios, "augments": augments, "seeds": seeds, "kinds": kinds, "synthetic_run": synthetic_run, "synthetic_data": synthetic_data, "study": study,
+            "storage": optional(params["storage"])}
 
     def resume(key_hash: str):
         # one parent per study: a rerun continues it (killed, failed or finished); its steps are reused
         earlier = find_runs("main", key_hash, ("RUNNING", "FAILED", "KILLED", "FINISHED"))
         return earlier[0] if earlier else None
 
+    storage = plan["storage"]
+    if storage:
+        from tracking.connect import check_reachable
+
+        check_reachable(storage, "Optuna storage", "start the database or fix --storage")
+        _one_parent(storage, key, f"study-{study}", resume)
     result = get_or_run(
         "main", key, lambda: lambda run: _study(run, params, manifest, plan),
         run_name=f"study-{study}", params=params, tags={"synthmix.study": study}, reuse=False, resume=resume,
     )
     facts = result.extra
+    if not facts.get("report"):  # a worker that did not finish the last cell
+        click.echo(f"[synthmix] {facts['headline']}")
+        return facts | {"run_id": result.run_id}
     click.echo(f"[synthmix] {facts['headline']}")
     click.echo(f"[synthmix] report: {facts['report']}")
     click.echo(f"[synthmix] study run: {facts['url']}")
@@ -187,8 +198,12 @@ def _study(run, params: dict, manifest, plan: dict):
     synthesis = None
     synthetic_source = {"synthetic_run": plan["synthetic_run"] or "", "synthetic_data": plan["synthetic_data"] or ""}
     if any(r > 0 for r in ratios) and not (plan["synthetic_run"] or plan["synthetic_data"]):
-        synthesis = step("synthesize", synthesize, {**data, "generator": params["generator"], "per_class": params["per_class"], "seed": 0, "device": params["device"]},
-                         {}, f"{study}-synthesize-{params['generator']}")
+        import contextlib
+
+        # workers of one study synthesize once: the others wait for it and reuse it
+        with storage_lock(plan["storage"], f"synthesize-{study}") if plan.get("storage") else contextlib.nullcontext():
+            synthesis = step("synthesize", synthesize, {**data, "generator": params["generator"], "per_class": params["per_class"], "seed": 0, "device": params["device"]},
+                             {}, f"{study}-synthesize-{params['generator']}")
         synthetic_source["synthetic_run"] = synthesis.run_id
     elif plan["synthetic_run"]:
         from tracking.runs import StageResult, get_run
@@ -196,34 +211,45 @@ def _study(run, params: dict, manifest, plan: dict):
         found = get_run(plan["synthetic_run"], "synthetic_run")
         synthesis = StageResult("synthesize", found.info.run_id, dict(found.data.metrics), reused=True)
 
-    rows = []
-    for seed in seeds:
-        for augment in augments:
-            for ratio in ratios:
-                cell = {"ratio": ratio, "augment": arm_name(augment), "seed": seed}
-                label = f"r{ratio:g}-{arm_name(augment)}-s{seed}"
-                try:
-                    training_data = dict(data)
-                    if ratio > 0:
-                        mixed = step("mix", mix, {**data, **synthetic_source, "ratio": ratio, "seed": seed}, cell, f"{study}-mix-{label}")
-                        training_data = {"dataset_run": mixed.run_id, "data": params["data"]}
-                    trained = step("train", train, {
-                        **training_data, "model": params["model"], "pretrained": params["pretrained"], "epochs": params["epochs"],
-                        "batch_size": params["batch_size"], "lr": params["lr"], "augment": augment, "seed": seed,
-                        "device": params["device"], "checkpoint_every": params["checkpoint_every"],
-                    }, cell, f"{study}-train-{label}")
-                    evaluated = step("evaluate", evaluate, {
-                        "train_run": trained.run_id, "corruptions": ",".join(plan["kinds"]), "severities": params["severities"],
-                        # pictures (Grad-CAM panels, misclassified images) for the first seed of each cell
-                        "saliency": params["saliency"] if seed == seeds[0] else 0, "misclassified": 16 if seed == seeds[0] else 0,
-                        "seed": seed, "device": params["device"],
-                    }, cell, f"{study}-evaluate-{label}")
-                    rows.append({**cell, "status": "ok", "train_run": trained.run_id, "evaluate_run": evaluated.run_id,
-                                 **{k: v for k, v in trained.metrics.items() if k.startswith("val/")}, **evaluated.metrics})
-                except Exception as error:
-                    print(f"[synthmix] step of cell {label} failed, the study goes on: {error.__class__.__name__}: {error}", flush=True)
-                    traceback.print_exc()
-                    rows.append({**cell, "status": "failed", "error": f"{error.__class__.__name__}: {error}"})
+    def run_cell(seed: int, augment: str, ratio: float) -> dict:
+        cell = {"ratio": ratio, "augment": arm_name(augment), "seed": seed}
+        label = f"r{ratio:g}-{arm_name(augment)}-s{seed}"
+        try:
+            training_data = dict(data)
+            if ratio > 0:
+                mixed = step("mix", mix, {**data, **synthetic_source, "ratio": ratio, "seed": seed}, cell, f"{study}-mix-{label}")
+                training_data = {"dataset_run": mixed.run_id, "data": params["data"]}
+            trained = step("train", train, {
+                **training_data, "model": params["model"], "pretrained": params["pretrained"], "epochs": params["epochs"],
+                "batch_size": params["batch_size"], "lr": params["lr"], "augment": augment, "seed": seed,
+                "device": params["device"], "checkpoint_every": params["checkpoint_every"],
+            }, cell, f"{study}-train-{label}")
+            evaluated = step("evaluate", evaluate, {
+                "train_run": trained.run_id, "corruptions": ",".join(plan["kinds"]), "severities": params["severities"],
+                # pictures (Grad-CAM panels, misclassified images) for the first seed of each cell
+                "saliency": params["saliency"] if seed == seeds[0] else 0, "misclassified": 16 if seed == seeds[0] else 0,
+                "seed": seed, "device": params["device"],
+            }, cell, f"{study}-evaluate-{label}")
+            return {**cell, "status": "ok", "train_run": trained.run_id, "evaluate_run": evaluated.run_id,
+                    **{k: v for k, v in trained.metrics.items() if k.startswith("val/")}, **evaluated.metrics}
+        except Exception as error:
+            print(f"[synthmix] step of cell {label} failed, the study goes on: {error.__class__.__name__}: {error}", flush=True)
+            traceback.print_exc()
+            return {**cell, "status": "failed", "error": f"{error.__class__.__name__}: {error}"}
+
+    cells = [(seed, augment, ratio) for seed in seeds for augment in augments for ratio in ratios]
+    if plan.get("storage"):
+        rows, left = _cells_on_workers(plan["storage"], study, cells, run_cell)
+        if left:
+            import mlflow
+
+            note = (f"{len(cells) - left} of {len(cells)} cells done; {left} still run on other workers. The worker that finishes "
+                    "the last cell writes the report (or rerun this command when they are done).")
+            mlflow.log_metric("study/cells_done", len(cells) - left)
+            return {"study/cells_done": len(cells) - left}, {"headline": note, "cells_ok": 0, "cells_failed": 0}
+        steps.extend(_steps_of(rows, steps))
+    else:
+        rows = [run_cell(*c) for c in cells]
 
     from tracking.study import answer
 
@@ -243,6 +269,109 @@ def _study(run, params: dict, manifest, plan: dict):
     counts = {"study/cells_ok": facts["cells_ok"], "study/cells_failed": facts["cells_failed"]}
     mlflow.log_metrics(counts)
     return counts, facts
+
+
+def _one_parent(storage: str, key: dict, run_name: str, resume) -> None:
+    """Workers started together would each open a parent run: the first (under a lock in the
+    storage's database) opens it, and the others find and continue it."""
+    from mlflow.tracking import MlflowClient
+
+    from tracking.runs import TAG_CODE, TAG_CONFIG, TAG_STAGE, code_version, config_hash, use_experiment
+
+    key_hash = config_hash("main", key)
+    with storage_lock(storage, key_hash):
+        if resume(key_hash) is None:
+            experiment_id = use_experiment()
+            MlflowClient().create_run(experiment_id, run_name=run_name, tags={TAG_STAGE: "main", TAG_CONFIG: key_hash, TAG_CODE: code_version()})
+
+
+def storage_lock(url: str, name: str):
+    """A lock shared by every worker of one storage: a PostgreSQL advisory lock, else a file lock on this machine."""
+    import contextlib
+    import hashlib
+
+    number = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+
+    @contextlib.contextmanager
+    def lock():
+        if url.startswith(("postgresql", "postgres")):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url.replace("postgres://", "postgresql://", 1))
+            try:
+                with engine.connect() as connection:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:n)"), {"n": number})
+                    try:
+                        yield
+                    finally:
+                        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:n)"), {"n": number})
+            finally:
+                engine.dispose()
+        else:
+            import fcntl
+            import tempfile
+            from pathlib import Path
+
+            path = Path(tempfile.gettempdir()) / f"synthmix-{number:x}.lock"
+            with path.open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return lock()
+
+
+def _cells_on_workers(storage: str, study: str, cells: list, run_cell) -> tuple[list[dict], int]:
+    """Run the cells no other worker has taken, as trials of an Optuna grid study; (every finished cell's row, cells not finished)."""
+    import json
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from pipelines.sweep import open_study
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    grid = {"cell": list(range(len(cells)))}
+    shared = open_study(storage, f"main-{study}", direction="maximize", sampler=optuna.samplers.GridSampler(grid, seed=0), heartbeat=30)
+
+    def taken(exclude: int | None = None) -> set[int]:
+        live = shared.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        return {t.params["cell"] for t in live if "cell" in t.params and t.number != exclude}
+
+    def objective(trial):
+        index = trial.suggest_categorical("cell", grid["cell"])
+        if index in taken(exclude=trial.number):  # every free cell went to another worker meanwhile
+            trial.set_user_attr("synthmix.surplus", "cell already taken")
+            shared.stop()
+            raise optuna.TrialPruned("cell already taken") from None
+        row = run_cell(*cells[index])
+        trial.set_user_attr("row", json.dumps(row, default=str))
+        return float(row.get("val/acc", 0.0) or 0.0)
+
+    def stop_when_all_taken(study_, trial):
+        if len(taken()) >= len(cells):
+            study_.stop()
+
+    if len(taken()) < len(cells):
+        shared.optimize(objective, callbacks=[stop_when_all_taken], catch=(Exception,))
+    done = {}
+    for trial in shared.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "row" in trial.user_attrs:
+            done.setdefault(trial.params["cell"], json.loads(trial.user_attrs["row"]))
+    return [done[i] for i in sorted(done)], len(cells) - len(done)
+
+
+def _steps_of(rows: list[dict], steps: list[dict]) -> list[dict]:
+    """Run-table rows for the cells other workers ran (this worker's own steps are already listed)."""
+    listed = {s["run_id"] for s in steps}
+    extra = []
+    for row in rows:
+        for stage, key in (("train", "train_run"), ("evaluate", "evaluate_run")):
+            if row.get(key) and row[key] not in listed:
+                extra.append({k: row[k] for k in ("ratio", "augment", "seed")} | {"stage": stage, "run_id": row[key], "status": "other worker", "error": ""})
+    return extra
 
 
 def _champion(run, params: dict, manifest, trained: list[str]) -> str:

@@ -13,7 +13,8 @@ weights are the run's one checkpoint (checkpoints/ is dropped unless
 --keep-checkpoint true).
 
 The study and sweeps call `train(params, reuse=True, on_epoch=...)` in-process;
-`on_epoch(epoch, metrics)` may raise (e.g. optuna.TrialPruned) to stop early.
+`on_epoch(epoch, metrics)` may raise optuna.TrialPruned to stop early: the run
+then ends KILLED with the tag synthmix.pruned=true and is never resumed.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ CHECKPOINT = "checkpoints/last.pt"
 def _resume_target(params: dict, key_hash: str):
     """The run to continue: --resume-run, else an unfinished run with the same key and a checkpoint."""
     from imaging.errors import InputError
-    from tracking.runs import TAG_STAGE, find_runs, get_run, has_artifact
+    from tracking.runs import TAG_PRUNED, TAG_STAGE, find_runs, get_run, has_artifact
 
     if optional(params["resume_run"]):
         run = get_run(params["resume_run"], "resume_run")
@@ -62,8 +63,8 @@ def _resume_target(params: dict, key_hash: str):
             raise InputError(f"resume_run {run.info.run_id} has no {CHECKPOINT} (it stopped before its first checkpoint, or it finished); start a new run instead.")
         return run
     for run in find_runs("train", key_hash, ("RUNNING", "FAILED", "KILLED")):
-        if has_artifact(run.info.run_id, CHECKPOINT):
-            return run
+        if run.data.tags.get(TAG_PRUNED) != "true" and has_artifact(run.info.run_id, CHECKPOINT):
+            return run  # a pruned run stopped on purpose: it is never continued
     return None
 
 

@@ -134,7 +134,21 @@ def stage_run(stage: str, run_name: str, params: dict, tags: dict | None, *, key
         log_params_once(params)
         run = MlflowClient().get_run(run.info.run_id)
         announce(run, "resumed" if run_id else "started")
-        yield run
+        try:
+            yield run
+        except BaseException as error:
+            if is_pruned(error):  # stopped on purpose: KILLED and tagged, so nothing resumes it as a crash
+                mlflow.set_tag(TAG_PRUNED, "true")
+                mlflow.end_run("KILLED")
+            raise
+
+
+TAG_PRUNED = "synthmix.pruned"
+
+
+def is_pruned(error: BaseException) -> bool:
+    """An Optuna pruning signal (or anything that says it stops a run on purpose)."""
+    return type(error).__name__ == "TrialPruned" or getattr(error, "synthmix_pruned", False)
 
 
 def find_runs(stage: str, key_hash: str, statuses: tuple[str, ...]) -> list:

@@ -1,0 +1,477 @@
+"""sweep: an Optuna study over the synthetic ratio, a training-time corruption and its strength, and the learning rate, with pruning; many workers can share it.
+
+    python -m pipelines sweep --n-trials 20                                   # one machine, sqlite:///sweeps.db
+    python -m pipelines sweep --storage postgresql://host/db --study s1 --n-trials 60   # start it on every machine
+
+The search space comes from --space, a YAML or JSON file (the default space is
+below); every trial samples it, mixes synthetic and real images at its ratio
+(mix, reused when the same mix exists), trains in-process with its corruption
+as --augment and its learning rate, and reports the objective (--metric, per
+epoch) to Optuna, whose pruner may stop it early. A trial is a nested MLflow
+run under the worker's sweep run, tagged optuna.study, optuna.trial and
+optuna.state (COMPLETE, PRUNED, FAIL); a pruned trial and its training end
+KILLED with the tag synthmix.pruned and are never resumed. The train run below
+each trial holds the model, so `register --parent-run <sweep run>` registers
+the best trial's model.
+
+Workers started with the same --study and --storage share one study: Optuna
+hands out the trials, --n-trials is the study's total of finished (COMPLETE
+or PRUNED) trials over all workers. With database storage every running trial
+sends a heartbeat; a trial whose worker died becomes FAIL (and its MLflow runs
+FAILED) once it has been silent for 3 heartbeats, and --retry-failed N runs
+its parameters again. When a worker ends, its sweep run logs the study's best
+trial and the optimisation history, parameter importances, parallel
+coordinates and contour plots.
+
+The default space, as a space file would write it:
+
+    ratio: {low: 0.0, high: 0.9}
+    kind: {choices: [none, salt_pepper, gradient_noise, blend, gaussian_noise, impulse_noise]}
+    severity: {low: 1, high: 5}
+    probability: {low: 0.1, high: 1.0}
+    lr: {low: 0.0001, high: 0.01, log: true}
+
+An entry is a fixed value, {low, high} (with log: true and step optional) or
+{choices: [...]}. Parameters: ratio (synthetic fraction, 0 <= x < 1), kind
+(none or a corruption family), severity (1..5), probability (0..1), lr (> 0),
+weight_decay (>= 0), batch_size (>= 1).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from pipelines import mix as mix_stage
+from pipelines import synthesize as synthesize_stage
+from pipelines import train as train_stage
+from pipelines._cli import DEVICE, data_params, defaults, option, optional, pick, stage_command
+
+PARAMS = [
+    *data_params(),
+    *pick(synthesize_stage.PARAMS, "generator", "per_class"),
+    *pick(mix_stage.PARAMS, "synthetic_run", "synthetic_data"),
+    option("space", "", "Search space: a YAML or JSON file mapping ratio, kind, severity, probability, lr, weight_decay, batch_size to a value, "
+           "{low, high, log, step} or {choices: [...]}; empty: ratio 0-0.9, kind in none/salt_pepper/gradient_noise/blend/gaussian_noise/impulse_noise, "
+           "severity 1-5, probability 0.1-1, lr 1e-4-1e-2 (log)."),
+    option("metric", "val/acc", "Objective, reported every epoch so the pruner can act: val/acc or val/loss of the trial's training.", click.Choice(["val/acc", "val/loss"])),
+    option("direction", "auto", "maximize or minimize the metric; auto: minimize val/loss, maximize val/acc.", click.Choice(["auto", "maximize", "minimize"])),
+    option("sampler", "tpe", "Optuna sampler: tpe (seeded per trial number, so workers do not repeat each other) or random.", click.Choice(["tpe", "random"])),
+    option("pruner", "median", "median (stop a trial below the median of earlier trials at the same epoch), hyperband, or none.", click.Choice(["median", "hyperband", "none"])),
+    option("n_trials", 20, "Finished (COMPLETE or PRUNED) trials the study should have, over all workers; a worker stops when it has them.", click.IntRange(1)),
+    option("storage", "", "Optuna storage: a database URL (postgresql://user@host/db for many workers); empty: sqlite:///sweeps.db in this folder."),
+    option("study", "", "Optuna study name; workers with the same name and storage share the study; empty: sweep-<data>-<model>."),
+    *pick(train_stage.PARAMS, "model", "epochs", "batch_size"),
+    option("seed", 0, "Seed of the sampler (plus the trial number) and of every trial's mix and training.", int),
+    option("heartbeat", 10, "Seconds between a running trial's heartbeats (database storage); a trial silent for 3 of them is failed by the next worker that looks.", click.IntRange(1)),
+    option("retry_failed", 0, "How many times a trial that failed because its worker died is run again with the same parameters.", click.IntRange(0)),
+    DEVICE,
+]
+DEFAULTS = defaults(PARAMS)
+DEFAULT_STORAGE = "sqlite:///sweeps.db"
+
+DEFAULT_SPACE = {
+    "ratio": {"low": 0.0, "high": 0.9},
+    "kind": {"choices": ["none", "salt_pepper", "gradient_noise", "blend", "gaussian_noise", "impulse_noise"]},
+    "severity": {"low": 1, "high": 5},
+    "probability": {"low": 0.1, "high": 1.0},
+    "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+}
+# parameter -> (kind of value, lowest allowed, highest allowed, is the highest itself allowed)
+KNOWN = {
+    "ratio": (float, 0.0, 1.0, False),
+    "lr": (float, 0.0, math.inf, False),
+    "weight_decay": (float, 0.0, math.inf, True),
+    "probability": (float, 0.0, 1.0, True),
+    "severity": (int, 1, 5, True),
+    "batch_size": (int, 1, 1 << 20, True),
+    "kind": (str, None, None, True),
+}
+AUGMENT_PARTS = ("severity", "probability")  # sampled only when kind is not none
+
+
+@dataclass
+class Space:
+    entries: dict  # name -> fixed value, ("range", low, high, log, step) or ("choices", [...])
+    source: str
+
+    def suggest(self, trial) -> dict:
+        values = {}
+        for name in ("ratio", "lr", "weight_decay", "batch_size", "kind", "severity", "probability"):
+            if name not in self.entries or (name in AUGMENT_PARTS and values.get("kind", "none") == "none"):
+                continue
+            entry = self.entries[name]
+            if isinstance(entry, tuple) and entry[0] == "choices":
+                values[name] = trial.suggest_categorical(name, entry[1])
+            elif isinstance(entry, tuple):
+                _, low, high, log, step = entry
+                if KNOWN[name][0] is int:
+                    values[name] = trial.suggest_int(name, int(low), int(high), log=log, step=int(step or 1))
+                else:
+                    values[name] = trial.suggest_float(name, low, high, log=log, step=step)
+            else:
+                values[name] = entry
+        return values
+
+    def may_use_synthetic(self) -> bool:
+        entry = self.entries.get("ratio", 0.0)
+        if isinstance(entry, tuple):
+            return entry[2] > 0 if entry[0] == "range" else any(float(v) > 0 for v in entry[1])
+        return float(entry) > 0
+
+
+def load_space(path: str | None) -> Space:
+    """The space file, checked entry by entry before any trial; InputError names the bad entry."""
+    from imaging.corruptions import KINDS
+    from imaging.errors import InputError
+
+    if not path:
+        raw, source = DEFAULT_SPACE, "the default space"
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise InputError(f"--space {path}: no such file; give a YAML or JSON file like the default space in `python -m pipelines sweep --help`.")
+        text = file.read_text()
+        try:
+            if file.suffix.lower() == ".json":
+                raw = json.loads(text)
+            else:
+                import yaml
+
+                raw = yaml.safe_load(text)
+        except Exception as error:
+            raise InputError(f"--space {path} is not valid {'JSON' if file.suffix.lower() == '.json' else 'YAML'} ({str(error).splitlines()[0]}).") from None
+        source = f"space file {path}"
+        if not isinstance(raw, dict) or not raw:
+            raise InputError(f"{source} must map parameter names to values, ranges or choices, e.g. lr: {{low: 0.0001, high: 0.01, log: true}}.")
+    entries = {}
+    for name, entry in raw.items():
+        where = f"{source}: {name}"
+        if name not in KNOWN:
+            raise InputError(f"{where}: unknown parameter; use {', '.join(KNOWN)}.")
+        kind, lowest, highest, top_allowed = KNOWN[name]
+
+        def check(value, what=""):
+            if kind is str:
+                if value != "none" and value not in KINDS:
+                    raise InputError(f"{where}: unknown corruption family {value!r}; use none or one of {', '.join(KINDS)}.")
+                return value
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise InputError(f"{where}: {what}{value!r} is not a number.") from None
+            if kind is int and number != int(number):
+                raise InputError(f"{where}: {what}{value!r} is not a whole number.")
+            if number < lowest or number > highest or (number == highest and not top_allowed):
+                bound = f"from {lowest:g} {'to' if top_allowed else 'up to (not including)'} {highest:g}" if highest != math.inf else f"above {lowest:g}" if not top_allowed else f"from {lowest:g}"
+                raise InputError(f"{where}: {what}{value!r} is out of range; it must be {bound}.")
+            if name == "lr" and number <= 0:
+                raise InputError(f"{where}: {what}{value!r} is out of range; a learning rate must be above 0.")
+            return int(number) if kind is int else number
+
+        if isinstance(entry, dict):
+            unknown = set(entry) - {"low", "high", "log", "step", "choices"}
+            if unknown:
+                raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; an entry is {{low, high, log, step}} or {{choices: [...]}}.")
+            if "choices" in entry:
+                if set(entry) != {"choices"} or not isinstance(entry["choices"], list) or not entry["choices"]:
+                    raise InputError(f"{where}: choices must be a non-empty list, alone in its entry.")
+                entries[name] = ("choices", [check(value, "choice ") for value in entry["choices"]])
+            elif kind is str:
+                raise InputError(f"{where}: a corruption family is chosen from a list; write {{choices: [none, salt_pepper, ...]}}.")
+            elif "low" in entry and "high" in entry:
+                low, high = check(entry["low"], "low "), check(entry["high"], "high ")
+                if not low < high:
+                    raise InputError(f"{where}: low {entry['low']!r} must be below high {entry['high']!r}.")
+                log = bool(entry.get("log", False))
+                if log and low <= 0:
+                    raise InputError(f"{where}: a log range needs low above 0.")
+                step = entry.get("step")
+                if step is not None and (log or float(step) <= 0):
+                    raise InputError(f"{where}: step must be above 0 and cannot go with log.")
+                entries[name] = ("range", low, high, log, step)
+            else:
+                raise InputError(f"{where}: give both low and high (or choices).")
+        elif isinstance(entry, list):
+            raise InputError(f"{where}: a list must be written as {{choices: [...]}}.")
+        else:
+            entries[name] = check(entry)
+    return Space(entries, source)
+
+
+def augment_spec(values: dict) -> str:
+    kind = values.get("kind", "none")
+    return "" if kind == "none" else f"{kind}:{values.get('severity', 3)}:{values.get('probability', 0.5):.3g}"
+
+
+def trial_seeded_sampler(kind: str, seed: int):
+    """TPE or random sampling seeded with (seed + trial number): reproducible for one worker, and two
+    workers started at once with one seed do not draw the same parameters (one seeded sampler per
+    worker would). It keeps no state of its own; TPE reads the study's history."""
+    import optuna
+
+    class TrialSeeded(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self._inner = self._make(0)
+
+        @staticmethod
+        def _make(number: int):
+            return optuna.samplers.RandomSampler(seed=seed + number) if kind == "random" else optuna.samplers.TPESampler(seed=seed + number)
+
+        def before_trial(self, study, trial):
+            self._inner = self._make(trial.number)
+            self._inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values):
+            self._inner.after_trial(study, trial, state, values)
+
+    return TrialSeeded()
+
+
+def open_study(storage_url: str, name: str, *, direction: str | None = None, sampler=None, pruner=None, heartbeat: int | None = None, on_stale=None):
+    """The Optuna study `name` in `storage_url` (created when missing), heartbeats on for database storage."""
+    import optuna
+
+    from tracking.connect import check_reachable
+
+    check_reachable(storage_url, "Optuna storage", "start the database or fix --storage")
+    kwargs = {}
+    if heartbeat:
+        kwargs = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, "heartbeat_stale_trial_callback": on_stale}
+    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+    return optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def finished_count(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def sweep(params: dict, *, nested: bool = False, run_name: str | None = None, reuse: bool = False, tags: dict | None = None):
+    """Run trials of the shared study until it has n_trials finished ones; returns a StageResult of this worker's sweep run."""
+    import optuna
+
+    from imaging.errors import InputError
+    from tracking.lineage import load_manifest
+    from tracking.runs import get_or_run, quiet_mlflow
+
+    quiet_mlflow()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    params = {**DEFAULTS, **params}
+    space = load_space(optional(params["space"]))
+    synthetic_run, synthetic_data = optional(params["synthetic_run"]), optional(params["synthetic_data"])
+    if synthetic_run and synthetic_data:
+        raise InputError("both synthetic_run and synthetic_data given; pass one of them (or neither, to synthesize with --generator).")
+    if space.may_use_synthetic():
+        if synthetic_run:
+            from tracking.runs import get_run
+
+            get_run(synthetic_run, "synthetic_run")
+        elif synthetic_data:
+            mix_stage.load_synthetic({**params, "synthetic_run": ""})
+    manifest, _ = load_manifest(params)
+    storage_url = optional(params["storage"]) or DEFAULT_STORAGE
+    name = optional(params["study"]) or f"sweep-{manifest.name}-{params['model']}".replace("/", "_")
+    direction = params["direction"] if params["direction"] != "auto" else ("minimize" if params["metric"] == "val/loss" else "maximize")
+    key = {**params, "worker": f"{os.uname().nodename}-{os.getpid()}-{time.time_ns()}"}  # every worker its own sweep run
+
+    def prepare():
+        pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+                  "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=params["epochs"]),
+                  "none": optuna.pruners.NopPruner()}[params["pruner"]]
+        study = open_study(storage_url, name, direction=direction, sampler=trial_seeded_sampler(params["sampler"], params["seed"]),
+                           pruner=pruner, heartbeat=params["heartbeat"], on_stale=_stale_callback(params["retry_failed"]))
+        return lambda run: _work(run, params, manifest, space, study, name, (synthetic_run, synthetic_data))
+
+    result = get_or_run("sweep", key, prepare, run_name=run_name or f"{name}-worker", params={**params, "study": name, "storage": _shown(storage_url)},
+                        tags={"synthmix.sweep": name, "optuna.study": name, **(tags or {})}, nested=nested, reuse=False)
+    best = result.extra.get("best")
+    if best:
+        click.echo(f"[synthmix] study {name}: {result.extra['finished']} finished trials; best trial {best['number']}: {params['metric']} {best['value']:.4f} with {best['params']}")
+    return result
+
+
+def _shown(url: str) -> str:
+    from tracking.connect import shown
+
+    return shown(url)
+
+
+def _stale_callback(retries: int):
+    """For a trial whose worker died: its MLflow runs become FAILED; optionally the trial is retried."""
+
+    def callback(study, trial):
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        for key in ("mlflow_run_id", "train_run_id"):
+            run_id = trial.user_attrs.get(key)
+            if run_id:
+                try:
+                    client.set_tag(run_id, "optuna.state", "FAIL")
+                    client.set_tag(run_id, "synthmix.failed_by", "heartbeat: its worker stopped answering")
+                    client.set_terminated(run_id, "FAILED")
+                except Exception as error:  # the run may be gone; the trial's state is what counts
+                    print(f"[synthmix] could not mark run {run_id} of trial {trial.number} failed: {error}", flush=True)
+        print(f"[synthmix] trial {trial.number} failed: its worker stopped sending heartbeats", flush=True)
+        if retries:
+            import optuna
+
+            optuna.storages.RetryFailedTrialCallback(max_retry=retries)(study, trial)
+
+    return callback
+
+
+class _Surplus(Exception):
+    """The study already has its n_trials (finished or running) before this trial."""
+
+
+def _work(run, params: dict, manifest, space: Space, study, name: str, synthetic: tuple):
+    import mlflow
+    import optuna
+    from optuna.trial import TrialState
+
+    from pipelines.mix import mix
+    from pipelines.synthesize import synthesize
+    from pipelines.train import train
+    from tracking.runs import config_hash, is_pruned, stage_run
+
+    target = params["n_trials"]
+    data = {key: params[key] for key in ("data", "val_fraction", "test_fraction", "split_seed", "skip_bad_images", "max_pixels")}
+    source = {"synthetic_run": synthetic[0] or "", "synthetic_data": synthetic[1] or ""}
+    if space.may_use_synthetic() and not any(synthetic):
+        made = synthesize({**data, "generator": params["generator"], "per_class": params["per_class"], "seed": 0, "device": params["device"]},
+                          nested=True, reuse=True, run_name=f"{name}-synthesize-{params['generator']}", tags={"synthmix.sweep": name})
+        source["synthetic_run"] = made.run_id
+    mlflow.set_tag("synthmix.synthetic_run", source["synthetic_run"])
+    mine = {"trials": 0, "surplus": 0, "failed_in_a_row": 0}
+
+    def objective(trial):
+        live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        if sum(1 for t in live if t.number < trial.number) >= target:
+            trial.set_user_attr("synthmix.surplus", "the study had its n_trials before this trial started")
+            raise _Surplus()
+        values = space.suggest(trial)
+        augment = augment_spec(values)
+        trial_tags = {"synthmix.sweep": name, "optuna.study": name, "optuna.trial": str(trial.number), "optuna.state": "RUNNING",
+                      "synthmix.ratio": str(values.get("ratio", 0.0)), "synthmix.augment": augment or "none"}
+        logged = {**values, "augment": augment, "trial": trial.number}
+        with stage_run("trial", f"{name}-trial-{trial.number:03d}", logged, trial_tags, nested=True,
+                       key_hash=config_hash("trial", {"study": name, "trial": trial.number, **values})) as trial_run:
+            trial.set_user_attr("mlflow_run_id", trial_run.info.run_id)
+            mine["trials"] += 1
+            try:
+                training = dict(data)
+                if values.get("ratio", 0.0) > 0:
+                    mixed = mix({**data, **source, "ratio": values["ratio"], "seed": params["seed"]}, nested=True, reuse=True,
+                                run_name=f"{name}-mix-r{values['ratio']:.3f}", tags={"synthmix.sweep": name})
+                    training = {"dataset_run": mixed.run_id, "data": params["data"]}
+
+                def report(epoch: int, metrics: dict):
+                    trial.report(metrics[params["metric"]], epoch)
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} with {params['metric']} {metrics[params['metric']]:.4f}")
+
+                trained = train({**training, "model": params["model"], "epochs": params["epochs"], "batch_size": values.get("batch_size", params["batch_size"]),
+                                 "lr": values.get("lr", train_stage.DEFAULTS["lr"]), "weight_decay": values.get("weight_decay", 0.0),
+                                 "augment": augment, "seed": params["seed"], "device": params["device"]},
+                                nested=True, reuse=True, on_epoch=report, run_name=f"{name}-train-{trial.number:03d}",
+                                tags={"synthmix.sweep": name, "optuna.trial": str(trial.number)})
+            except BaseException as error:
+                mlflow.set_tag("optuna.state", "PRUNED" if is_pruned(error) else "FAIL")
+                raise
+            value = trained.metrics[params["metric"]]
+            trial.set_user_attr("train_run_id", trained.run_id)
+            mlflow.log_metric(params["metric"], value)
+            mlflow.set_tag("optuna.state", "COMPLETE")
+            return value
+
+    def enough(study_, trial):
+        failed = trial.state == TrialState.FAIL and not trial.user_attrs.get("synthmix.surplus")
+        mine["failed_in_a_row"] = mine["failed_in_a_row"] + 1 if failed else 0
+        if mine["failed_in_a_row"] >= 3:  # something is wrong with every trial; its traceback is above
+            print(f"[synthmix] 3 trials in a row failed on this worker; it stops (the study keeps its trials)", flush=True)
+            study_.stop()
+        elif trial.user_attrs.get("synthmix.surplus"):
+            mine["surplus"] += 1
+            if finished_count(study_) >= target:
+                study_.stop()
+            else:  # trials of other workers are still running (or a dead one's not yet failed): look again later
+                time.sleep(params["heartbeat"])
+        elif finished_count(study_) >= target:
+            study_.stop()
+
+    if finished_count(study) < target:
+        print(f"[synthmix] study {name}: {finished_count(study)} of {target} trials finished; joining", flush=True)
+        study.optimize(objective, callbacks=[enough], catch=(Exception,), gc_after_trial=True)
+    return _summary(run, study, params, mine)
+
+
+def _summary(run, study, params: dict, mine: dict):
+    """The study's best trial and Optuna's plots on this worker's sweep run."""
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    import optuna
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    counts = {state.name.lower(): sum(1 for t in trials if t.state == state) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+    mlflow.log_metrics({f"sweep/trials_{k}": v for k, v in counts.items()} | {"sweep/trials_this_worker": mine["trials"]})
+    facts = {"finished": counts["complete"] + counts["pruned"], "best": None}
+    completed = [t for t in trials if t.state == TrialState.COMPLETE]
+    if completed:
+        best = study.best_trial
+        facts["best"] = {"number": best.number, "value": best.value, "params": best.params, "train_run": best.user_attrs.get("train_run_id", "")}
+        mlflow.log_metric(f"best/{params['metric']}", best.value)
+        mlflow.log_params({f"best.{k}": v for k, v in best.params.items()} | {"best.trial": best.number})
+        mlflow.set_tags({"synthmix.best_trial": str(best.number), "synthmix.best_train_run": facts["best"]["train_run"]})
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder)
+        study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+        plots = {"optimization_history": optuna.visualization.matplotlib.plot_optimization_history}
+        if len(completed) >= 2 and len({k for t in completed for k in t.params}) >= 1:
+            plots["param_importances"] = optuna.visualization.matplotlib.plot_param_importances
+            plots["parallel_coordinate"] = optuna.visualization.matplotlib.plot_parallel_coordinate
+            plots["contour"] = optuna.visualization.matplotlib.plot_contour
+        for plot, draw in plots.items():
+            try:
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
+                    axes = draw(study)
+                figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
+                figure.set_size_inches(10, 6)
+                figure.savefig(out / f"{plot}.png", dpi=100, bbox_inches="tight")
+                plt.close(figure)
+            except Exception as error:  # a plot Optuna cannot draw for this history (e.g. contour of one parameter)
+                print(f"[synthmix] no {plot} plot: {error.__class__.__name__}: {error}", flush=True)
+        mlflow.log_artifacts(str(out), "optuna")
+    return {"sweep/finished_trials": facts["finished"]}, facts
+
+
+def run_command(**params):
+    sweep(params)
+
+
+command = stage_command("sweep", __doc__, PARAMS, run_command)
