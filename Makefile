@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup dev demo test ui serve mlproject clean
+.PHONY: setup dev demo test ui server serve mlproject clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: dev  ## the whole test suite
 
 ui: setup  ## browse the runs at http://127.0.0.1:5000
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+server: setup  ## an MLflow tracking server on 127.0.0.1:5000 (sqlite:///mlflow.db, ./mlartifacts); python -m tracking.server --help for PostgreSQL
+	$(PY) -m tracking.server
 
 MODEL ?= mnist5k-classifier
 PORT ?= 5001

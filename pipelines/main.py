@@ -200,6 +200,8 @@ def _study(run, params: dict, manifest, plan: dict):
     if any(r > 0 for r in ratios) and not (plan["synthetic_run"] or plan["synthetic_data"]):
         import contextlib
 
+        from tracking.connect import storage_lock
+
         # workers of one study synthesize once: the others wait for it and reuse it
         with storage_lock(plan["storage"], f"synthesize-{study}") if plan.get("storage") else contextlib.nullcontext():
             synthesis = step("synthesize", synthesize, {**data, "generator": params["generator"], "per_class": params["per_class"], "seed": 0, "device": params["device"]},
@@ -276,6 +278,7 @@ def _one_parent(storage: str, key: dict, run_name: str, resume) -> None:
     storage's database) opens it, and the others find and continue it."""
     from mlflow.tracking import MlflowClient
 
+    from tracking.connect import storage_lock
     from tracking.runs import TAG_CODE, TAG_CONFIG, TAG_STAGE, code_version, config_hash, use_experiment
 
     key_hash = config_hash("main", key)
@@ -283,44 +286,6 @@ def _one_parent(storage: str, key: dict, run_name: str, resume) -> None:
         if resume(key_hash) is None:
             experiment_id = use_experiment()
             MlflowClient().create_run(experiment_id, run_name=run_name, tags={TAG_STAGE: "main", TAG_CONFIG: key_hash, TAG_CODE: code_version()})
-
-
-def storage_lock(url: str, name: str):
-    """A lock shared by every worker of one storage: a PostgreSQL advisory lock, else a file lock on this machine."""
-    import contextlib
-    import hashlib
-
-    number = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
-
-    @contextlib.contextmanager
-    def lock():
-        if url.startswith(("postgresql", "postgres")):
-            import sqlalchemy
-
-            engine = sqlalchemy.create_engine(url.replace("postgres://", "postgresql://", 1))
-            try:
-                with engine.connect() as connection:
-                    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:n)"), {"n": number})
-                    try:
-                        yield
-                    finally:
-                        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:n)"), {"n": number})
-            finally:
-                engine.dispose()
-        else:
-            import fcntl
-            import tempfile
-            from pathlib import Path
-
-            path = Path(tempfile.gettempdir()) / f"synthmix-{number:x}.lock"
-            with path.open("a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-
-    return lock()
 
 
 def _cells_on_workers(storage: str, study: str, cells: list, run_cell) -> tuple[list[dict], int]:

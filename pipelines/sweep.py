@@ -246,14 +246,19 @@ def open_study(storage_url: str, name: str, *, direction: str | None = None, sam
     """The Optuna study `name` in `storage_url` (created when missing), heartbeats on for database storage."""
     import optuna
 
-    from tracking.connect import check_reachable
+    import warnings
+
+    from tracking.connect import check_reachable, storage_lock
 
     check_reachable(storage_url, "Optuna storage", "start the database or fix --storage")
     kwargs = {}
     if heartbeat:
         kwargs = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, "heartbeat_stale_trial_callback": on_stale}
-    storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
-    return optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True)
+    # workers started at once on a fresh database would race to create Optuna's tables and the study
+    with storage_lock(storage_url, f"optuna-{name}"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are marked experimental
+        storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+        return optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True)
 
 
 def finished_count(study) -> int:

@@ -98,3 +98,80 @@ def run_cli(*args: str, timeout: int = 600, env: dict | None = None) -> subproce
         timeout=timeout,
         env={**{k: v for k, v in os.environ.items() if not (env and "MLFLOW_EXPERIMENT_NAME" in env and k == "MLFLOW_EXPERIMENT_ID")}, **(env or {})},
     )
+
+
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+def _pg_admin():
+    """A connection to the PostgreSQL server, or a skip (a failure under CI=true, where one must be running)."""
+    import psycopg
+
+    try:
+        return psycopg.connect(f"{PG_SERVER}/test", connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as error:
+        message = f"no PostgreSQL server on 127.0.0.1:5432 ({error})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message}; CI must have one")
+        pytest.skip(f"{message}; CI has one")
+
+
+@pytest.fixture
+def pg_database():
+    """A fresh PostgreSQL database for this test, dropped afterwards; its URL."""
+    databases = _pg_databases()
+    yield databases()
+    databases.drop()
+
+
+@pytest.fixture
+def pg_databases():
+    """A maker of fresh PostgreSQL databases for this test (each dropped afterwards)."""
+    databases = _pg_databases()
+    yield databases
+    databases.drop()
+
+
+class _pg_databases:
+    def __init__(self):
+        self.admin, self.names = _pg_admin(), []
+
+    def __call__(self) -> str:
+        name = f"synthmix_{uuid.uuid4().hex[:10]}"
+        with self.admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+        self.names.append(name)
+        return f"{PG_SERVER}/{name}"
+
+    def drop(self):
+        with self.admin.cursor() as cursor:
+            for name in self.names:
+                cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.admin.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+
+
+def venv_env(extra: dict | None = None) -> dict:
+    """The environment with this Python's bin folder first on PATH (servers exec gunicorn / uvicorn from it)."""
+    return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]), **(extra or {})}

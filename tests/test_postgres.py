@@ -1,32 +1,10 @@
 """A team's setup: the MLflow backend store in PostgreSQL (127.0.0.1:5432, trust auth)."""
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import make_folder, run_cli
-
-SERVER = "postgresql://postgres@127.0.0.1:5432"
-
-
-@pytest.fixture
-def pg_database():
-    """A fresh database for this test, dropped afterwards."""
-    import psycopg
-
-    try:
-        admin = psycopg.connect(f"{SERVER}/test", connect_timeout=3, autocommit=True)
-    except psycopg.OperationalError as error:
-        pytest.skip(f"no PostgreSQL server on 127.0.0.1:5432 ({error}); CI has one")
-    name = f"synthmix_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    yield f"{SERVER}/{name}"
-    with admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
 
 
 @pytest.mark.postgres

@@ -58,3 +58,41 @@ def check_tracking() -> None:
 
     check_reachable(mlflow.get_tracking_uri(), "MLflow tracking store",
                     "start it (make server) or point MLFLOW_TRACKING_URI at one that runs")
+
+
+def storage_lock(url: str, name: str):
+    """A lock shared by every worker of one storage: a PostgreSQL advisory lock, else a file lock on this machine."""
+    import contextlib
+    import hashlib
+
+    number = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
+
+    @contextlib.contextmanager
+    def lock():
+        if url.startswith(("postgresql", "postgres")):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url.replace("postgres://", "postgresql://", 1))
+            try:
+                with engine.connect() as connection:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:n)"), {"n": number})
+                    try:
+                        yield
+                    finally:
+                        connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:n)"), {"n": number})
+            finally:
+                engine.dispose()
+        else:
+            import fcntl
+            import tempfile
+            from pathlib import Path
+
+            path = Path(tempfile.gettempdir()) / f"synthmix-{number:x}.lock"
+            with path.open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+
+    return lock()

@@ -102,8 +102,11 @@ def use_experiment() -> str:
     from mlflow.tracking.fluent import _get_experiment_id
 
     client = MlflowClient()
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        _ensure_experiment(client, os.environ["MLFLOW_EXPERIMENT_NAME"])
     if mlflow.active_run() is None and not os.environ.get("MLFLOW_EXPERIMENT_NAME") and _get_experiment_id() in (None, "0"):
         project_run = os.environ.pop("MLFLOW_RUN_ID", None)
+        _ensure_experiment(client, EXPERIMENT)
         experiment_id = mlflow.set_experiment(EXPERIMENT).experiment_id
         if project_run:
             note = f"synthmix logs to the experiment '{EXPERIMENT}' (id {experiment_id}); open it for this command's runs, or pass --experiment-name."
@@ -114,6 +117,16 @@ def use_experiment() -> str:
     if experiment is not None and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment_id
+
+
+def _ensure_experiment(client, name: str) -> None:
+    """Create experiment `name` unless it exists; workers started at once may both try, and one wins."""
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name)
+        except Exception:
+            if client.get_experiment_by_name(name) is None:  # not the race: a real failure
+                raise
 
 
 @contextmanager
