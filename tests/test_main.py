@@ -164,3 +164,33 @@ def test_mlflow_run_train_then_evaluate_as_a_user_types_it(tiny_folder, experime
     [evaluate_run] = runs_of(experiment, "evaluate")
     assert evaluate_run.data.tags["synthmix.train_run"] == run_id and "test/acc" in evaluate_run.data.metrics
     assert mlflow.artifacts.load_text(f"runs:/{evaluate_run.info.run_id}/confusion_matrix/test.json").startswith("{")
+
+
+@pytest.mark.postgres
+def test_two_workers_split_the_grid_through_postgresql_and_one_report_holds_every_cell(tmp_path, pg_databases):
+    from conftest import venv_env
+
+    real, synthetic = make_folder(tmp_path / "real", per_class=16), make_folder(tmp_path / "synthetic", per_class=16)
+    backend, storage = pg_databases(), pg_databases()
+    env = {k: v for k, v in venv_env({"MLFLOW_TRACKING_URI": backend, "MLFLOW_EXPERIMENT_NAME": "grid"}).items() if k != "MLFLOW_EXPERIMENT_ID"}
+    args = [sys.executable, "-m", "pipelines", "main", "--data", str(real), "--synthetic-data", str(synthetic), "--ratios", "0,0.5", "--seeds", "2",
+            "--augments", "none", "--corruptions", "salt_pepper", "--severities", "1", "--saliency", "0", "--model", "smallcnn", "--epochs", "1",
+            "--batch-size", "16", "--device", "cpu", "--registered-model", "none", "--storage", storage]
+    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs[0][-2000:] + outputs[1][-2000:]
+    client = MlflowClient(tracking_uri=backend)
+    runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id], max_results=1000)
+    trained = [r for r in runs if r.data.tags["synthmix.stage"] == "train"]
+    cells = sorted((r.data.tags["synthmix.ratio"], r.data.tags["synthmix.seed"]) for r in trained)
+    assert cells == [("0.0", "0"), ("0.0", "1"), ("0.5", "0"), ("0.5", "1")]  # 4 train runs, none twice
+    [parent] = [r for r in runs if r.data.tags["synthmix.stage"] == "main"]  # one study run, both workers' steps under it
+    assert {r.data.tags["mlflow.parentRunId"] for r in trained} == {parent.info.run_id}
+    assert sum("writes the report" in out for out in outputs) <= 1 and sum("report: " in out for out in outputs) >= 1
+    mlflow.set_tracking_uri(backend)
+    try:
+        results = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="results.csv"))
+    finally:
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    assert sorted(zip(results["ratio"], results["seed"])) == [(0.0, 0), (0.0, 1), (0.5, 0), (0.5, 1)] and set(results["status"]) == {"ok"}
+    assert set(results["train_run"]) == {r.info.run_id for r in trained}

@@ -223,9 +223,10 @@ def test_mlflow_run_sweep_as_a_user_types_it_alone_and_as_two_processes(tmp_path
                 "-P", f"data={tiny_folder}", "-P", f"space={space}", "-P", "model=smallcnn", "-P", "epochs=1", "-P", "batch_size=16",
                 "-P", f"n_trials={n}", "-P", f"storage={storage}", "-P", "study=front-door", "-P", "device=cpu"]
 
-    alone = subprocess.run(command(2), capture_output=True, text=True, timeout=600, env=venv_env(), cwd=tmp_path)
+    env = {k: v for k, v in venv_env().items() if k != "MLFLOW_EXPERIMENT_ID"}  # mlflow run takes a name or an id, not both
+    alone = subprocess.run(command(2), capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr[-3000:]
-    pair = [subprocess.Popen(command(5), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=venv_env(), cwd=tmp_path) for _ in range(2)]
+    pair = [subprocess.Popen(command(5), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in pair]
     assert all(p.returncode == 0 for p in pair), outputs[0][-2000:] + outputs[1][-2000:]
     study = optuna.load_study(study_name="front-door", storage=storage)
