@@ -11,6 +11,15 @@ killed at any point and started again with the same command only does what is
 missing; the same command on the same data continues the same parent run. A
 step that fails is reported and the study goes on.
 
+With --storage (an Optuna database URL), the cells are trials of an Optuna
+grid study that every worker started with the same command shares: each
+takes cells no other has taken, all under one parent run, and the worker that
+finishes the last cell writes the report (a rerun finds every cell done and
+writes it).
+
+The study ends by registering its best model (on val/acc) as the champion of
+--registered-model; see `register`.
+
 The answer, on the parent run: per cell, mean and 95% Student-t interval over
 seeds of test/acc, test/macro_f1, robust accuracy per corruption and mCE, and
 the paired difference to the real-only cell (same augment and seed); a one-

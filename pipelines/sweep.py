@@ -465,8 +465,9 @@ def _summary(run, study, params: dict, mine: dict):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # optuna marks its matplotlib plots experimental
                     axes = draw(study)
+                grid = getattr(axes, "shape", (1, 1))
                 figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
-                figure.set_size_inches(10, 6)
+                figure.set_size_inches(max(10, 3.2 * grid[-1]), max(6, 2.8 * grid[0]))  # a contour grid gets room per pair
                 figure.savefig(out / f"{plot}.png", dpi=100, bbox_inches="tight")
                 plt.close(figure)
             except Exception as error:  # a plot Optuna cannot draw for this history (e.g. contour of one parameter)
