@@ -59,7 +59,9 @@ PARAMS = [
     option("space", "", "Search space: a YAML or JSON file mapping ratio, kind, severity, probability, lr, weight_decay, batch_size to a value, "
            "{low, high, log, step} or {choices: [...]}; empty: ratio 0-0.9, kind in none/salt_pepper/gradient_noise/blend/gaussian_noise/impulse_noise, "
            "severity 1-5, probability 0.1-1, lr 1e-4-1e-2 (log)."),
-    option("metric", "val/acc", "Objective, reported every epoch so the pruner can act: val/acc or val/loss of the trial's training.", click.Choice(["val/acc", "val/loss"])),
+    option("metric", "val/acc", "Objective, reported every epoch so the pruner can act: val/acc or val/loss of the trial's training, or val_robust/acc, "
+           "its accuracy on the val split corrupted by --val-corruption.", click.Choice(["val/acc", "val/loss", "val_robust/acc"])),
+    option("val_corruption", "salt_pepper:3", "kind:severity of the corrupted val split that --metric val_robust/acc scores (images up to 64 px)."),
     option("direction", "auto", "maximize or minimize the metric; auto: minimize val/loss, maximize val/acc.", click.Choice(["auto", "maximize", "minimize"])),
     option("sampler", "tpe", "Optuna sampler: tpe (seeded per trial number, so workers do not repeat each other) or random.", click.Choice(["tpe", "random"])),
     option("pruner", "median", "median (stop a trial below the median of earlier trials at the same epoch), hyperband, or none.", click.Choice(["median", "hyperband", "none"])),
@@ -279,6 +281,10 @@ def sweep(params: dict, *, nested: bool = False, run_name: str | None = None, re
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = {**DEFAULTS, **params}
     space = load_space(optional(params["space"]))
+    if params["metric"] == "val_robust/acc":
+        from pipelines.train import parse_val_corruption
+
+        parse_val_corruption(params["val_corruption"])
     synthetic_run, synthetic_data = optional(params["synthetic_run"]), optional(params["synthetic_data"])
     if synthetic_run and synthetic_data:
         raise InputError("both synthetic_run and synthetic_data given; pass one of them (or neither, to synthesize with --generator).")
@@ -394,7 +400,8 @@ def _work(run, params: dict, manifest, space: Space, study, name: str, synthetic
 
                 trained = train({**training, "model": params["model"], "epochs": params["epochs"], "batch_size": values.get("batch_size", params["batch_size"]),
                                  "lr": values.get("lr", train_stage.DEFAULTS["lr"]), "weight_decay": values.get("weight_decay", 0.0),
-                                 "augment": augment, "seed": params["seed"], "device": params["device"]},
+                                 "augment": augment, "seed": params["seed"], "device": params["device"],
+                                 "val_corruption": params["val_corruption"] if params["metric"] == "val_robust/acc" else ""},
                                 nested=True, reuse=True, on_epoch=report, run_name=f"{name}-train-{trial.number:03d}",
                                 tags={"synthmix.sweep": name, "optuna.trial": str(trial.number)})
             except BaseException as error:

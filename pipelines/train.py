@@ -37,6 +37,7 @@ PARAMS = [
     option("channels", 0, "Input channels: 1 grey, 3 RGB, 0 as the images are.", click.IntRange(0, 3)),
     option("hflip", False, "true: flip half of each batch left-right (not for digits or text).", bool),
     option("augment", "", "Corrupt training batches on the fly: kind:severity:probability[,...], e.g. salt_pepper:3:0.5."),
+    option("val_corruption", "", "Also score a corrupted copy of the val split every epoch as val_robust/acc: kind:severity, e.g. salt_pepper:3 (images up to 64 px)."),
     option("seed", 0, "Seed of initialisation, batch order and augmentation.", int),
     DEVICE,
     option("workers", 2, "DataLoader decode workers for images over 64 px (smaller ones are decoded once and cached).", click.IntRange(0)),
@@ -97,6 +98,8 @@ def train(params: dict, *, on_epoch=None, nested: bool = False, run_name: str | 
         from imaging.corruptions import parse_augment
 
         parse_augment(params["augment"])  # a bad spec is refused before any work
+    if params["val_corruption"]:
+        parse_val_corruption(params["val_corruption"])
     manifest, report = load_manifest(params)
     channels, size = native_format(manifest)
     params["channels"] = params["channels"] or channels
@@ -157,6 +160,16 @@ def _prepare(params: dict, manifest, report, name: str, on_epoch):
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params["epochs"])
     train_batches = make_batches(train_rows, spec.in_channels, spec.image_size, params["batch_size"], device, params["workers"])
     val_batches = make_batches(val_rows, spec.in_channels, spec.image_size, 512, device, params["workers"])
+    robust_batches = None
+    if params["val_corruption"]:
+        from imaging.batches import TensorBatches
+        from imaging.corruptions import corrupt_torch
+
+        if not isinstance(val_batches, TensorBatches):
+            raise InputError(f"--val-corruption works on images up to 64 px (these are {spec.image_size} px); score robustness with evaluate instead.")
+        kind, severity = parse_val_corruption(params["val_corruption"])
+        corrupted = corrupt_torch(val_batches.images, kind, severity, seed=params["split_seed"], labels=val_batches.labels)
+        robust_batches = TensorBatches(corrupted, val_batches.labels, 512, device)
 
     def inside(run):
         start_epoch = 0
@@ -191,6 +204,9 @@ def _prepare(params: dict, manifest, report, name: str, on_epoch):
             val_loss = float(torch.nn.functional.cross_entropy(val_logits, val_labels))
             val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
             metrics = {"train/loss": fit["loss"], "train/acc": fit["acc"], "val/loss": val_loss, "val/acc": val_acc, "perf/imgs_per_s": fit["imgs_per_s"]}
+            if robust_batches is not None:
+                robust_logits, robust_labels = predict(network, robust_batches, mean, std, desc="val corrupted")
+                metrics["val_robust/acc"] = float((robust_logits.argmax(1) == robust_labels).float().mean())
             mlflow.log_metrics(metrics, step=epoch)
             # a resumable checkpoint holds the optimiser too (3x the model for Adam): written by time, not every epoch,
             # and never after the last epoch, whose weights the logged model keeps
@@ -228,6 +244,19 @@ def _prepare(params: dict, manifest, report, name: str, on_epoch):
         return metrics, {"spec": spec}
 
     return inside
+
+
+def parse_val_corruption(text: str) -> tuple[str, int]:
+    """'salt_pepper:3' -> ('salt_pepper', 3); InputError names a bad one."""
+    from imaging.corruptions import parse_augment
+
+    parts = text.split(":")
+    if len(parts) != 2:
+        from imaging.errors import InputError
+
+        raise InputError(f"--val-corruption {text!r} is not kind:severity; write e.g. salt_pepper:3.")
+    spec = parse_augment(f"{parts[0]}:{parts[1]}:1")[0]
+    return spec.kind, spec.severity
 
 
 def run_command(**params):

@@ -187,10 +187,6 @@ def test_two_workers_split_the_grid_through_postgresql_and_one_report_holds_ever
     [parent] = [r for r in runs if r.data.tags["synthmix.stage"] == "main"]  # one study run, both workers' steps under it
     assert {r.data.tags["mlflow.parentRunId"] for r in trained} == {parent.info.run_id}
     assert sum("writes the report" in out for out in outputs) <= 1 and sum("report: " in out for out in outputs) >= 1
-    mlflow.set_tracking_uri(backend)
-    try:
-        results = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="results.csv"))
-    finally:
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    results = pd.read_csv(client.download_artifacts(parent.info.run_id, "results.csv", str(tmp_path)))
     assert sorted(zip(results["ratio"], results["seed"])) == [(0.0, 0), (0.0, 1), (0.5, 0), (0.5, 1)] and set(results["status"]) == {"ok"}
     assert set(results["train_run"]) == {r.info.run_id for r in trained}

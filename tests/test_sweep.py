@@ -140,8 +140,9 @@ def test_an_unreachable_tracking_server_or_storage_is_one_line_and_exit_2(tiny_f
 
 
 def _worker(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+    full = {k: v for k, v in venv_env(env).items() if k != "MLFLOW_EXPERIMENT_ID"}  # the experiment is named in env
     return subprocess.Popen([sys.executable, "-m", "pipelines", "sweep", *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env=venv_env(env), cwd=log.parent, start_new_session=True)
+                            env=full, cwd=log.parent, start_new_session=True)
 
 
 @pytest.mark.postgres
@@ -160,10 +161,9 @@ def test_workers_share_one_study_in_postgresql_and_a_dead_workers_trial_fails(tm
         space.write_text(TINY_SPACE)
         common = ["--data", str(tiny_folder), "--space", str(space), "--model", "smallcnn", "--batch-size", "16", "--device", "cpu",
                   "--storage", storage, "--pruner", "none", "--heartbeat", "2"]
-        base_env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
 
         # two workers, one study: exactly 6 finished trials, each with its run on the server
-        workers = [_worker([*common, "--study", "shared", "--n-trials", "6", "--epochs", "2"], {**base_env, **env}, tmp_path / f"w{i}.log") for i in range(2)]
+        workers = [_worker([*common, "--study", "shared", "--n-trials", "6", "--epochs", "2"], env, tmp_path / f"w{i}.log") for i in range(2)]
         for i, worker in enumerate(workers):
             assert worker.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
         study = optuna.load_study(study_name="shared", storage=storage)
@@ -181,7 +181,7 @@ def test_workers_share_one_study_in_postgresql_and_a_dead_workers_trial_fails(tm
 
         # a worker SIGKILLed in the middle of a trial: the trial becomes FAIL through its missing heartbeat, another worker finishes
         slow = [*common, "--study", "killed", "--n-trials", "3", "--epochs", "40"]
-        victim = _worker(slow, {**base_env, **env}, tmp_path / "victim.log")
+        victim = _worker(slow, env, tmp_path / "victim.log")
         deadline = time.monotonic() + 300
         while True:
             try:
@@ -198,7 +198,7 @@ def test_workers_share_one_study_in_postgresql_and_a_dead_workers_trial_fails(tm
         dead = running[0]
         logged = {m.step for m in client.get_metric_history(trains[0].info.run_id, "val/acc")}
         time.sleep(7)  # past the grace period of 3 heartbeats
-        survivor = _worker([*slow[:-1], "2"], {**base_env, **env}, tmp_path / "survivor.log")  # fewer epochs: the trials' number is what counts
+        survivor = _worker([*slow[:-1], "2"], env, tmp_path / "survivor.log")  # fewer epochs: the trials' number is what counts
         assert survivor.wait(timeout=600) == 0, (tmp_path / "survivor.log").read_text()[-3000:]
         study = optuna.load_study(study_name="killed", storage=storage)
         states = {t.number: t.state for t in study.trials}
@@ -231,3 +231,23 @@ def test_mlflow_run_sweep_as_a_user_types_it_alone_and_as_two_processes(tmp_path
     assert all(p.returncode == 0 for p in pair), outputs[0][-2000:] + outputs[1][-2000:]
     study = optuna.load_study(study_name="front-door", storage=storage)
     assert len([t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]) == 5
+
+
+def test_robust_accuracy_on_a_corrupted_val_split_is_an_objective(tmp_path, tiny_folder, experiment):
+    from pipelines.train import train
+
+    trained = train({"data": str(tiny_folder), "model": "smallcnn", "epochs": 2, "batch_size": 16, "device": "cpu", "val_corruption": "salt_pepper:5"})
+    client = MlflowClient()
+    robust = client.get_metric_history(trained.run_id, "val_robust/acc")
+    assert [m.step for m in robust] == [0, 1] and all(0 <= m.value <= 1 for m in robust)
+    with pytest.raises(InputError, match=r"--val-corruption 'salt_pepper' is not kind:severity"):
+        train({"data": str(tiny_folder), "model": "smallcnn", "val_corruption": "salt_pepper"})
+    space = tmp_path / "space.yaml"
+    space.write_text(TINY_SPACE)
+    result = sweep({"data": str(tiny_folder), "space": str(space), "model": "smallcnn", "epochs": 2, "batch_size": 16, "device": "cpu", "n_trials": 2,
+                    "storage": f"sqlite:///{tmp_path / 'optuna.db'}", "study": "robust", "metric": "val_robust/acc", "val_corruption": "gaussian_noise:3"})
+    study = optuna.load_study(study_name="robust", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    for trial in study.trials:
+        assert trial.value == pytest.approx(client.get_run(trial.user_attrs["train_run_id"]).data.metrics["val_robust/acc"])
+        assert client.get_run(trial.user_attrs["train_run_id"]).data.params["val_corruption"] == "gaussian_noise:3"
+    assert client.get_run(result.run_id).data.metrics["best/val_robust/acc"] == pytest.approx(study.best_value)
