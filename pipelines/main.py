@@ -298,38 +298,53 @@ def _one_parent(storage: str, key: dict, run_name: str, resume) -> None:
 
 
 def _cells_on_workers(storage: str, study: str, cells: list, run_cell) -> tuple[list[dict], int]:
-    """Run the cells no other worker has taken, as trials of an Optuna grid study; (every finished cell's row, cells not finished)."""
+    """Run the cells no other worker has taken, as trials of an Optuna study shared by every worker;
+    (every finished cell's row, cells not finished).
+
+    The study is the queue: under a lock, each worker enqueues the cells that are neither done,
+    running nor queued (a cell whose worker died, FAIL by heartbeat, is free again), then runs
+    whichever queued trial Optuna hands it.
+    """
     import json
 
     import optuna
     from optuna.trial import TrialState
 
     from pipelines.sweep import open_study
+    from tracking.connect import storage_lock
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    grid = {"cell": list(range(len(cells)))}
-    shared = open_study(storage, f"main-{study}", direction="maximize", sampler=optuna.samplers.GridSampler(grid, seed=0), heartbeat=30)
+    grid = list(range(len(cells)))
+    shared = open_study(storage, f"main-{study}", direction="maximize", sampler=optuna.samplers.GridSampler({"cell": grid}, seed=0), heartbeat=30)
 
-    def taken(exclude: int | None = None) -> set[int]:
-        live = shared.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
-        return {t.params["cell"] for t in live if "cell" in t.params and t.number != exclude}
+    def cells_in(*states, exclude: int | None = None) -> set[int]:
+        found = set()
+        for t in shared.get_trials(deepcopy=False, states=states):
+            cell = t.params.get("cell", t.system_attrs.get("fixed_params", {}).get("cell"))
+            if cell is not None and t.number != exclude:
+                found.add(cell)
+        return found
 
     def objective(trial):
-        index = trial.suggest_categorical("cell", grid["cell"])
-        if index in taken(exclude=trial.number):  # every free cell went to another worker meanwhile
+        index = trial.suggest_categorical("cell", grid)
+        if index in cells_in(TrialState.COMPLETE, TrialState.RUNNING, exclude=trial.number):  # another worker has it
             trial.set_user_attr("synthmix.surplus", "cell already taken")
-            shared.stop()
-            raise optuna.TrialPruned("cell already taken") from None
+            raise optuna.TrialPruned("cell already taken")
         row = run_cell(*cells[index])
         trial.set_user_attr("row", json.dumps(row, default=str))
         return float(row.get("val/acc", 0.0) or 0.0)
 
-    def stop_when_all_taken(study_, trial):
-        if len(taken()) >= len(cells):
-            study_.stop()
-
-    if len(taken()) < len(cells):
-        shared.optimize(objective, callbacks=[stop_when_all_taken], catch=(Exception,))
+    while True:
+        optuna.storages.fail_stale_trials(shared)  # a dead worker's running cell becomes FAIL, so free again
+        with storage_lock(storage, f"main-{study}-queue"):
+            busy = cells_in(TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+            for index in grid:
+                if index not in busy:
+                    shared.enqueue_trial({"cell": index})
+            waiting = len(shared.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if not waiting:
+            break
+        shared.optimize(objective, n_trials=1, catch=(Exception,))
     done = {}
     for trial in shared.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "row" in trial.user_attrs:

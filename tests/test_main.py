@@ -190,3 +190,38 @@ def test_two_workers_split_the_grid_through_postgresql_and_one_report_holds_ever
     results = pd.read_csv(client.download_artifacts(parent.info.run_id, "results.csv", str(tmp_path)))
     assert sorted(zip(results["ratio"], results["seed"])) == [(0.0, 0), (0.0, 1), (0.5, 0), (0.5, 1)] and set(results["status"]) == {"ok"}
     assert set(results["train_run"]) == {r.info.run_id for r in trained}
+
+
+def test_a_cell_whose_worker_died_is_run_again_by_the_next_worker(tmp_path):
+    import json
+
+    import optuna
+
+    from pipelines.main import _cells_on_workers
+
+    storage = f"sqlite:///{tmp_path / 'grid.db'}"
+    cells = [(0, "", 0.0), (0, "", 0.5), (1, "", 0.0)]
+    ran = []
+
+    def run_cell(seed, augment, ratio):
+        ran.append((seed, augment, ratio))
+        return {"ratio": ratio, "augment": "none", "seed": seed, "status": "ok", "val/acc": 0.5}
+
+    # a first worker finished cell 0 and died in cell 1 (its trial failed by heartbeat)
+    study = optuna.create_study(storage=storage, study_name="main-s", direction="maximize",
+                                sampler=optuna.samplers.GridSampler({"cell": [0, 1, 2]}, seed=0))
+    study.enqueue_trial({"cell": 0})
+    trial = study.ask()
+    assert trial.suggest_categorical("cell", [0, 1, 2]) == 0
+    trial.set_user_attr("row", json.dumps(run_cell(*cells[0])))
+    study.tell(trial, 0.5)
+    study.enqueue_trial({"cell": 1})
+    dead = study.ask()
+    assert dead.suggest_categorical("cell", [0, 1, 2]) == 1
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)
+    ran.clear()
+    rows, left = _cells_on_workers(storage, "s", cells, run_cell)
+    assert sorted(ran) == [(0, "", 0.5), (1, "", 0.0)] and left == 0  # the dead worker's cell and the free one, nothing twice
+    assert [(r["seed"], r["ratio"]) for r in rows] == [(0, 0.0), (0, 0.5), (1, 0.0)]
+    ran.clear()
+    assert _cells_on_workers(storage, "s", cells, run_cell)[1] == 0 and ran == []  # a rerun finds every cell done
