@@ -314,6 +314,13 @@ def sweep(params: dict, *, nested: bool = False, run_name: str | None = None, re
     best = result.extra.get("best")
     if best:
         click.echo(f"[synthmix] study {name}: {result.extra['finished']} finished trials; best trial {best['number']}: {params['metric']} {best['value']:.4f} with {best['params']}")
+    from mlflow.tracking import MlflowClient
+
+    from tracking.runs import runs_table_url
+
+    experiment_id = MlflowClient().get_run(result.run_id).info.experiment_id
+    trials = "tags.`optuna.study` = '" + name + "' AND tags.`synthmix.stage` = 'trial'"
+    click.echo(f"[synthmix] its trials in the MLflow UI: {runs_table_url(experiment_id, trials)}")
     return result
 
 

@@ -70,6 +70,14 @@ def run_url(run) -> str:
     return f"run `mlflow ui --backend-store-uri {uri}` and open {page}"
 
 
+def runs_table_url(experiment_id: str, search_filter: str) -> str:
+    """The UI's runs table filtered by `search_filter`, sorted by name: nested runs listed flat, not folded under their parent."""
+    from urllib.parse import quote
+
+    return (f"{ui_base()}#/experiments/{experiment_id}/runs?{TRAINING_VIEW}&searchFilter=" + quote(search_filter, safe="")
+            + "&orderByKey=" + quote("tags.`mlflow.runName`", safe="") + "&orderByAsc=true")
+
+
 def announce(run, verb: str = "started") -> None:
     print(f"[synthmix] {run.data.tags.get(TAG_STAGE, 'run')} run {verb}: {run.info.run_id} ({run.info.run_name})", flush=True)
     print(f"[synthmix]   view: {run_url(run)}", flush=True)

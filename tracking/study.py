@@ -18,7 +18,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from tracking.report import accuracy_figure, figure_png, robust_figure, write_report
-from tracking.runs import TRAINING_VIEW, run_url, ui_base
+from tracking.runs import TRAINING_VIEW, run_url, runs_table_url, ui_base
 from tracking.statistics import headline_facts, headline_from_facts, study_metric_series, study_metrics, summarise, to_markdown
 
 SAMPLE_GRIDS = 10  # synthetic sample grids (one per class) shown in the report
@@ -40,16 +40,8 @@ def with_robust_means(results: pd.DataFrame, kinds: list[str]) -> pd.DataFrame:
 def study_urls(run, study: str) -> dict[str, str]:
     """The study's pages in the MLflow UI: its parent run, its metrics as charts, and its steps as one flat table."""
     experiment = f"{ui_base()}#/experiments/{run.info.experiment_id}"
-    # sorted by name, the UI lists nested steps flat instead of folding them under a collapsed parent
-    steps = (f"{experiment}/runs?{TRAINING_VIEW}&searchFilter=" + _quote(f"tags.`synthmix.study` = '{study}'")
-             + "&orderByKey=" + _quote("tags.`mlflow.runName`") + "&orderByAsc=true")
+    steps = runs_table_url(run.info.experiment_id, f"tags.`synthmix.study` = '{study}'")
     return {"run": run_url(run), "charts": f"{experiment}/runs/{run.info.run_id}/model-metrics?{TRAINING_VIEW}", "table": steps}
-
-
-def _quote(text: str) -> str:
-    from urllib.parse import quote
-
-    return quote(text, safe="")
 
 
 def _confusion(rows: pd.DataFrame) -> list:
