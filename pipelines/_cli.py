@@ -86,6 +86,21 @@ def data_params(default: str = "mnist5k", help_suffix: str = "") -> list[click.O
     return [option("data", default, DATA_HELP + help_suffix), *SPLIT_PARAMS]
 
 
+TABLE = option(
+    "table", "auto",
+    "Published severity table of the ImageNet-C families: cifar (CIFAR-10-C, 32 px), tiny (Tiny-ImageNet-C, 64 px), imagenet (ImageNet-C, 224 px), "
+    "or auto: the one nearest the image size (up to 45 px cifar, up to 119 px tiny, above imagenet). Robustness numbers compare only within one table.",
+    click.Choice(["auto", "cifar", "tiny", "imagenet"]),
+)
+
+
+def corruption_table(value: str, image_size: int) -> str:
+    """The table a run uses: the one named, or for auto the one nearest `image_size`."""
+    from imaging.corruptions import table_for_size
+
+    return value if value and value != "auto" else table_for_size(int(image_size))
+
+
 DEVICE = option("device", "auto", "Torch device: auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import data_params, defaults, option, stage_command
+from pipelines._cli import TABLE, data_params, defaults, option, stage_command
 
 PARAMS = [
     *data_params(),
@@ -23,6 +23,7 @@ PARAMS = [
     option("level", -1.0, "Continuous level overriding the severity where the family has one (salt_pepper/gradient_noise: fraction of pixels; blend: weight); -1 uses the severity's.", float),
     option("split", "test", "Which split to corrupt; the others pass through untouched.", click.Choice(["train", "val", "test"])),
     option("seed", 0, "Seed of the random corruption.", int),
+    TABLE,
 ]
 DEFAULTS = defaults(PARAMS)
 CHUNK = 256  # images decoded and corrupted together
@@ -65,7 +66,8 @@ def _write(run, params: dict, manifest, chosen, level: float | None):
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from imaging.corruptions import corrupt, table_for_size
+    from imaging.corruptions import corrupt
+    from pipelines._cli import corruption_table
     from imaging.images import open_image, to_array
     from imaging.manifest import Manifest
     from tracking.lineage import log_dataset
@@ -90,10 +92,11 @@ def _write(run, params: dict, manifest, chosen, level: float | None):
             for position, (_, array) in enumerate(decoded):
                 shapes.setdefault(array.shape, []).append(position)
             for shape, positions in shapes.items():
-                tables.add(table_for_size(min(shape[:2])))
+                table = corruption_table(params["table"], min(shape[:2]))
+                tables.add(table)
                 batch = np.stack([decoded[p][1] for p in positions])
                 labels = np.array([label_index[frame.at[rows[p], "label"]] for p in positions])
-                corrupted = corrupt(batch, params["kind"], params["severity"], seed=params["seed"] * 1_000_003 + start, level=level, labels=labels)
+                corrupted = corrupt(batch, params["kind"], params["severity"], seed=params["seed"] * 1_000_003 + start, level=level, labels=labels, table=table)
                 for p, array in zip(positions, corrupted):
                     row = rows[p]
                     fmt = decoded[p][0]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import DEVICE, data_params, defaults, option, optional, stage_command
+from pipelines._cli import DEVICE, TABLE, data_params, defaults, option, optional, stage_command
 
 PARAMS = [
     option("train_run", "", "Id of the train run whose model to score."),
@@ -30,6 +30,7 @@ PARAMS = [
     option("saliency", 0, "Show N correct and N incorrect test images with saliency maps (clean and per corruption); 0 skips.", click.IntRange(0)),
     option("saliency_method", "gradcam", "Saliency method of the panels.", click.Choice(["gradcam", "integrated_gradients"])),
     option("seed", 0, "Seed of the random corruptions.", int),
+    TABLE,
 ]
 DEFAULTS = defaults(PARAMS)
 NOT_HASHED = ("device", "batch_size")
@@ -207,12 +208,14 @@ def _prepare(params: dict, model_uri: str, test_rows, kinds: list[str], severiti
         logits, _ = predict(network, batches, spec.mean, spec.std)
         return logits
 
+    from pipelines._cli import corruption_table as choose_table
+
+    corruption_table = choose_table(params["table"], spec.image_size)
+
     def inside(run) -> dict:
         mlflow.set_tag("synthmix.model", spec.model)
-        if kinds:  # ImageNet-C families follow the published table nearest to the image size
-            from imaging.corruptions import table_for_size
-
-            mlflow.set_tag("synthmix.corruption_table", table_for_size(spec.image_size))
+        if kinds:  # the ImageNet-C families' parameters: --table, or the published table nearest the image size
+            mlflow.set_tag("synthmix.corruption_table", corruption_table)
         log_dataset(test_rows, {"test": test_rows}, artifact=False)
         logits = score(images)
         predictions = logits.argmax(1)
@@ -246,7 +249,7 @@ def _prepare(params: dict, model_uri: str, test_rows, kinds: list[str], severiti
             for kind in tqdm(kinds, desc="corruptions", unit="kind"):
                 for severity in severities:
                     corrupted = torch.cat([
-                        corrupt_torch(images[i:i + 512], kind, severity, seed=params["seed"] * 1009 + i, labels=labels[i:i + 512])
+                        corrupt_torch(images[i:i + 512], kind, severity, seed=params["seed"] * 1009 + i, labels=labels[i:i + 512], table=corruption_table)
                         for i in range(0, len(images), 512)
                     ])
                     corrupted_predictions = score(corrupted).argmax(1)

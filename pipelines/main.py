@@ -47,7 +47,7 @@ PARAMS = [
     *pick(train_stage.PARAMS, "model", "pretrained", "epochs", "batch_size", "lr"),
     *pick(synthesize_stage.PARAMS, "per_class"),
     option("corruptions", "salt_pepper,gradient_noise,blend", "Corruptions of the real test split to evaluate on (comma-separated or 'all'); empty: clean test split only."),
-    *pick(evaluate_stage.PARAMS, "severities"),
+    *pick(evaluate_stage.PARAMS, "severities", "table"),
     option("saliency", 4, "Grad-CAM panels of N correct and N incorrect test images (clean and per corruption), drawn for the first seed of each cell; 0 skips.", click.IntRange(0)),
     option("tolerance", 0.01, "Accuracy drop against real only that counts as no drop (0.01 = 1 point); the headline names the largest synthetic fraction whose drop is below it with 95% confidence.", click.FloatRange(0, 1)),
     option("study", "", "Name of the study (tag synthmix.study on every run); empty: <data>-<model>-<generator>."),
@@ -233,13 +233,13 @@ def _study(run, params: dict, manifest, plan: dict):
             trained = step("train", train, {
                 **training_data, "model": params["model"], "pretrained": params["pretrained"], "epochs": params["epochs"],
                 "batch_size": params["batch_size"], "lr": params["lr"], "augment": augment, "seed": seed,
-                "device": params["device"], "checkpoint_every": params["checkpoint_every"],
+                "device": params["device"], "checkpoint_every": params["checkpoint_every"], "table": params["table"],
             }, cell, f"{study}-train-{label}")
             evaluated = step("evaluate", evaluate, {
                 "train_run": trained.run_id, "corruptions": ",".join(plan["kinds"]), "severities": params["severities"],
                 # pictures (Grad-CAM panels, misclassified images) for the first seed of each cell
                 "saliency": params["saliency"] if seed == seeds[0] else 0, "misclassified": 16 if seed == seeds[0] else 0,
-                "seed": seed, "device": params["device"],
+                "seed": seed, "device": params["device"], "table": params["table"],
             }, cell, f"{study}-evaluate-{label}")
             return {**cell, "status": "ok", "train_run": trained.run_id, "evaluate_run": evaluated.run_id,
                     **{k: v for k, v in trained.metrics.items() if k.startswith("val/")}, **evaluated.metrics}

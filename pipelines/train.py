@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import DEVICE, data_params, defaults, option, optional, stage_command
+from pipelines._cli import DEVICE, TABLE, corruption_table, data_params, defaults, option, optional, stage_command
 
 PARAMS = [
     *data_params(),
@@ -39,6 +39,7 @@ PARAMS = [
     option("augment", "", "Corrupt training batches on the fly: kind:severity:probability[,...], e.g. salt_pepper:3:0.5."),
     option("val_corruption", "", "Also score a corrupted copy of the val split every epoch as val_robust/acc: kind:severity, e.g. salt_pepper:3 (images up to 64 px)."),
     option("seed", 0, "Seed of initialisation, batch order and augmentation.", int),
+    TABLE,
     DEVICE,
     option("workers", 2, "DataLoader decode workers for images over 64 px (smaller ones are decoded once and cached).", click.IntRange(0)),
     option("resume_run", "", "Continue this train run from its last checkpoint (a rerun of a killed run's command resumes it by itself)."),
@@ -149,7 +150,7 @@ def _prepare(params: dict, manifest, report, name: str, on_epoch):
 
         def augment(images, labels, generator):
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-            return apply_augment(images, specs, generator_seed=seed, labels=labels)
+            return apply_augment(images, specs, generator_seed=seed, labels=labels, table=corruption_table(params["table"], params["image_size"]))
 
     train_rows, val_rows = manifest.split("train"), manifest.split("val")
     mean, std = normalisation(params["channels"])
@@ -168,7 +169,8 @@ def _prepare(params: dict, manifest, report, name: str, on_epoch):
         if not isinstance(val_batches, TensorBatches):
             raise InputError(f"--val-corruption works on images up to 64 px (these are {spec.image_size} px); score robustness with evaluate instead.")
         kind, severity = parse_val_corruption(params["val_corruption"])
-        corrupted = corrupt_torch(val_batches.images, kind, severity, seed=params["split_seed"], labels=val_batches.labels)
+        corrupted = corrupt_torch(val_batches.images, kind, severity, seed=params["split_seed"], labels=val_batches.labels,
+                                  table=corruption_table(params["table"], spec.image_size))
         robust_batches = TensorBatches(corrupted, val_batches.labels, 512, device)
 
     def inside(run):
@@ -186,10 +188,8 @@ def _prepare(params: dict, manifest, report, name: str, on_epoch):
             print(f"[synthmix] continuing from the checkpoint of epoch {state['epoch'] + 1}/{params['epochs']}", flush=True)
         else:
             log_dataset(manifest, {"train": train_rows, "val": val_rows})
-            if params["augment"]:
-                from imaging.corruptions import table_for_size
-
-                mlflow.set_tag("synthmix.corruption_table", table_for_size(params["image_size"]))
+            if params["augment"] or params["val_corruption"]:
+                mlflow.set_tag("synthmix.corruption_table", corruption_table(params["table"], params["image_size"]))
             mlflow.log_metrics({"data/train_images": len(train_rows), "data/val_images": len(val_rows), **skipped_files(report)})
 
         metrics: dict[str, float] = {}

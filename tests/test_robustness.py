@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -105,8 +106,9 @@ def test_augment_corrupts_training_batches(tiny_folder, experiment, monkeypatch)
     seen = []
     original = corruptions.apply_augment
 
-    def spy(batch, specs, *, generator_seed, labels=None):
-        out = original(batch, specs, generator_seed=generator_seed, labels=labels)
+    def spy(batch, specs, *, generator_seed, labels=None, table=None):
+        assert table == "cifar"  # 16 px images: the auto table
+        out = original(batch, specs, generator_seed=generator_seed, labels=labels, table=table)
         seen.append(float((out != batch).float().mean()))
         return out
 
@@ -118,3 +120,26 @@ def test_augment_corrupts_training_batches(tiny_folder, experiment, monkeypatch)
     assert noisy.metrics["train/loss"] != clean.metrics["train/loss"]
     with pytest.raises(InputError, match="augment item 'salt_pepper:9:0.5' has severity '9'"):
         train({"data": str(tiny_folder), **FAST, "augment": "salt_pepper:9:0.5"})
+
+
+def test_the_severity_table_can_be_chosen_and_is_logged_as_param_and_tag(tmp_path, tiny_folder, experiment):
+    from imaging.corruptions import corrupt
+
+    client = MlflowClient()
+    common = {"data": str(tiny_folder), "kind": "defocus_blur", "severity": 3, "split": "test", "seed": 0}
+    auto = corrupt_split(common)
+    chosen = corrupt_split({**common, "table": "imagenet"})
+    for result, table in ((auto, "cifar"), (chosen, "imagenet")):  # 16 px images: auto takes CIFAR-10-C's
+        run = client.get_run(result.run_id)
+        assert run.data.tags["synthmix.corruption_table"] == table and run.data.params["table"] == ("auto" if result is auto else "imagenet")
+    # the images are ImageNet-C's defocus blur, not CIFAR-10-C's
+    row = chosen.manifest.frame[chosen.manifest.frame["split"] == "test"].iloc[0]
+    written = np.asarray(Image.open(chosen.manifest.local_paths()[chosen.manifest.frame.index.get_loc(row.name)]))
+    source = np.asarray(Image.open(Path(chosen.manifest.root) / row["source_path"]))
+    flat = written.reshape(-1).astype(int)
+    as_imagenet = corrupt(source[None, :, :, None], "defocus_blur", 3, seed=0, table="imagenet")[0, :, :, 0].reshape(-1).astype(int)
+    as_cifar = corrupt(source[None, :, :, None], "defocus_blur", 3, seed=0, table="cifar")[0, :, :, 0].reshape(-1).astype(int)
+    assert np.abs(flat - as_imagenet).mean() < np.abs(flat - as_cifar).mean()
+    model = train({"data": str(tiny_folder), **FAST}).run_id
+    scored = evaluate({"train_run": model, "corruptions": "defocus_blur", "severities": "3", "table": "tiny"})
+    assert client.get_run(scored.run_id).data.tags["synthmix.corruption_table"] == "tiny"

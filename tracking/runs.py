@@ -123,7 +123,11 @@ def use_experiment() -> str:
     experiment_id = _get_experiment_id()
     experiment = client.get_experiment(experiment_id)
     if experiment is not None and experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        try:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        except Exception:  # workers starting at once race to insert the same tag; one of them wins
+            if client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                raise
     return experiment_id
 
 
