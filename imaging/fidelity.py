@@ -1,0 +1,47 @@
+"""What fidelity to the reference corruption code is measured on: fixed crops of the two photos
+scikit-learn ships (no download), and the distortion a corruption causes (mean absolute
+difference and SSIM against the clean crop)."""
+from __future__ import annotations
+
+import numpy as np
+
+# (photo, top, left) of each 224 px crop: sky, roof and trees of china.jpg; petals and leaves of flower.jpg
+CROPS = (("china", 0, 0), ("china", 200, 400), ("flower", 100, 100), ("flower", 200, 416))
+
+
+def photo_crops(size: int = 224) -> np.ndarray:
+    """uint8 N x size x size x 3: the 224 px crops, resized (bilinear) when `size` is smaller."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    photos = dict(zip(("china", "flower"), load_sample_images().images))
+    crops = []
+    for name, top, left in CROPS:
+        crop = photos[name][top:top + 224, left:left + 224]
+        if size != 224:
+            crop = np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BILINEAR))
+        crops.append(crop)
+    return np.stack(crops)
+
+
+def _grey(images: np.ndarray) -> np.ndarray:
+    images = images.astype(np.float64)
+    return images @ np.array([0.299, 0.587, 0.114]) if images.shape[-1] == 3 else images[..., 0]
+
+
+def ssim(clean: np.ndarray, corrupted: np.ndarray) -> float:
+    """Mean SSIM (Wang et al. 2004: Gaussian window sigma 1.5, K1 0.01, K2 0.03) of grey versions, over the batch."""
+    from scipy.ndimage import gaussian_filter
+
+    a, b = _grey(clean), _grey(corrupted)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    blur = lambda x: gaussian_filter(x, sigma=(0, 1.5, 1.5), truncate=3.5)  # noqa: E731
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a ** 2, blur(b * b) - mu_b ** 2, blur(a * b) - mu_a * mu_b
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return float(index.mean())
+
+
+def distortion(clean: np.ndarray, corrupted: np.ndarray) -> dict[str, float]:
+    """{"mad": mean absolute difference in 0..255 units, "ssim": mean SSIM} of a corrupted batch against its clean one."""
+    return {"mad": float(np.abs(corrupted.astype(np.float64) - clean.astype(np.float64)).mean()), "ssim": ssim(clean, corrupted)}
