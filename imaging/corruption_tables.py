@@ -3,8 +3,8 @@
 Numbers are those of Hendrycks & Dietterich's generating scripts (github.com/hendrycks/robustness,
 ImageNet-C/create_c/): `make_cifar_c.py` (CIFAR-10-C, 32 px), `make_tinyimagenet_c.py`
 (Tiny-ImageNet-C, 64 px) and `make_imagenet_c.py` (ImageNet-C, 224 px), each tuple in the
-script's own units and order, severities 1..5. All three scripts define all 14 families used
-here (frost, speckle, spatter, saturate and Gaussian blur are left out), so `params` never has
+script's own units and order, severities 1..5. All three scripts define all 15 families used
+here (speckle, spatter, saturate and Gaussian blur are left out), so `params` never has
 to fall back to another table today; it would take the nearest size that has the family.
 
 Two entries of the 224 px table are deliberately not the script's (module docstring of
@@ -29,6 +29,7 @@ TABLE_SIZES: dict[str, int] = {"cifar": 32, "tiny": 64, "imagenet": 224}
 #   motion_blur        (radius: 2 * radius + 1 taps one px apart, tap-weight sigma in taps)
 #   zoom_blur          (stop, step): the zooms are numpy.arange(1, stop, step), as in the scripts
 #   snow               (field mean, field std, field zoom, threshold, streak radius, streak sigma, kept share)
+#   frost              (kept share of the image, weight of the frost picture, scale of the frost pictures)
 #   fog                (strength, plasma roughness decay)
 #   brightness         added HSV value, fraction of 255
 #   contrast           kept fraction of contrast
@@ -51,6 +52,7 @@ TABLES: dict[str, dict[str, tuple]] = {
             (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
             (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
         ),
+        "frost": ((1, 0.2, 0.2), (1, 0.3, 0.2), (0.9, 0.4, 0.2), (0.85, 0.4, 0.2), (0.75, 0.45, 0.2)),
         "fog": ((0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)),
         "brightness": (0.05, 0.1, 0.15, 0.2, 0.3),
         "contrast": (0.75, 0.5, 0.4, 0.3, 0.15),
@@ -79,6 +81,7 @@ TABLES: dict[str, dict[str, tuple]] = {
             (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65),
             (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6),
         ),
+        "frost": ((1, 0.3, 0.3), (0.9, 0.4, 0.3), (0.8, 0.45, 0.3), (0.75, 0.5, 0.3), (0.7, 0.55, 0.3)),
         "fog": ((0.4, 3), (0.7, 3), (1, 2.5), (1.5, 2), (2, 1.75)),
         "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
         "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
@@ -109,6 +112,7 @@ TABLES: dict[str, dict[str, tuple]] = {
         ),
         # script: (1.5, 2) (2, 2) (2.5, 1.7) (2.5, 1.5) (3, 1.4); its severities 3..5 distort
         # within 2% of each other, in an order that varies with the random fog
+        "frost": ((1, 0.4, 1.0), (0.8, 0.6, 1.0), (0.7, 0.7, 1.0), (0.65, 0.7, 1.0), (0.6, 0.75, 1.0)),
         "fog": ((1.5, 2), (2, 2), (2.5, 1.7), (3, 1.5), (3.5, 1.4)),
         "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
         "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),

@@ -29,7 +29,7 @@ so their accuracies differ only by *where* the pixels are replaced. blend stops
 at 0.5, where the other class weighs as much as the true one. salt_pepper and
 gradient_noise replace exactly round(level * H * W) pixels of every image.
 
-The other 14 families follow ImageNet-C (Hendrycks' scripts, as packaged by
+The other 15 families follow ImageNet-C (Hendrycks' scripts, as packaged by
 `imagecorruptions`), written here as batch operations, with the parameters of
 the published benchmark nearest in size (`TABLES`): CIFAR-10-C's
 (make_cifar_c.py, 32 px), Tiny-ImageNet-C's (make_tinyimagenet_c.py, 64 px) or
@@ -37,7 +37,9 @@ ImageNet-C's (make_imagenet_c.py, 224 px). `table_for_size(min(H, W))` picks the
 nearest on a log scale (up to 45 px: cifar, 46..119 px: tiny, from 120 px:
 imagenet); `table=` overrides it. A table's lengths (blur radii, jumps, streaks,
 flake zooms, elastic smoothing) are in pixels of images of its size and are used
-as they are, not rescaled to the image.
+as they are, not rescaled to the image. frost blends a random crop of one of
+the benchmark's five frost photographs (imaging/frost/, scaled 0.2 / 0.3 / 1 for
+the cifar / tiny / imagenet table, enlarged when an image is bigger than it).
 Differences from the published code, all deliberate:
 - elastic_transform draws the scripts' random affine (three points moved by up
   to `affine` px) and displacement field (uniform noise in [-1, 1], Gaussian
@@ -95,6 +97,7 @@ KINDS: tuple[str, ...] = (
     "motion_blur",
     "zoom_blur",
     "snow",
+    "frost",
     "fog",
     "brightness",
     "contrast",
@@ -102,7 +105,7 @@ KINDS: tuple[str, ...] = (
     "pixelate",
     "jpeg_compression",
 )
-# the ImageNet-C families (less frost, which needs its photographs), for mCE
+# the 15 ImageNet-C families, for mCE
 IMAGENET_C_KINDS: tuple[str, ...] = KINDS[3:]
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -717,6 +720,41 @@ def _snow(batch, entry, level, rng, labels):
     return _to_uint8(np.clip(pixels + flakes + flakes[:, ::-1, ::-1], 0, 1) * 255)
 
 
+FROST_PICTURES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")  # the five the scripts draw from
+_frost_cache: dict[tuple[str, float, int], np.ndarray] = {}
+
+
+def _frost_picture(name: str, scale: float, channels: int) -> np.ndarray:
+    """One of ImageNet-C's frost photographs (imaging/frost/, Apache-2.0, see its NOTICE), scaled as the table says."""
+    key = (name, scale, channels)
+    if key not in _frost_cache:
+        from pathlib import Path
+
+        from PIL import Image
+
+        picture = Image.open(Path(__file__).with_name("frost") / name).convert("RGB" if channels == 3 else "L")
+        if scale != 1:
+            picture = picture.resize((int(picture.width * scale), int(picture.height * scale)), Image.Resampling.BILINEAR)
+        array = np.asarray(picture, dtype=np.float32)
+        _frost_cache[key] = array[..., None] if array.ndim == 2 else array
+    return _frost_cache[key]
+
+
+def _frost(batch, entry, level, rng, labels):
+    kept, weight, scale = entry
+    n, h, w, c = batch.shape
+    out = np.empty(batch.shape, np.float32)
+    for i in range(n):
+        picture = _frost_picture(FROST_PICTURES[rng.integers(len(FROST_PICTURES))], scale, c)
+        if picture.shape[0] < h or picture.shape[1] < w:  # images larger than the table's size: enlarge the frost to cover them
+            grow = max(h / picture.shape[0], w / picture.shape[1])
+            picture = cv2.resize(picture, (int(np.ceil(picture.shape[1] * grow)), int(np.ceil(picture.shape[0] * grow))), interpolation=cv2.INTER_LINEAR)
+            picture = picture[..., None] if picture.ndim == 2 else picture
+        top, left = rng.integers(0, picture.shape[0] - h + 1), rng.integers(0, picture.shape[1] - w + 1)
+        out[i] = kept * batch[i] + weight * picture[top:top + h, left:left + w]
+    return _to_uint8(np.clip(out, 0, 255))
+
+
 def _plasma(rng: np.random.Generator, n: int, size: int, roughness: float) -> np.ndarray:
     """(n, size, size) float32 in [0, 1]: diamond-square fractal on a torus, `size` a power of two.
 
@@ -890,6 +928,7 @@ _FAMILIES = {
     "motion_blur": _motion_blur,
     "zoom_blur": _zoom_blur,
     "snow": _snow,
+    "frost": _frost,
     "fog": _fog,
     "brightness": _brightness,
     "contrast": _contrast,

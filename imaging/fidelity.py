@@ -9,6 +9,11 @@ import numpy as np
 CROPS = (("china", 0, 0), ("china", 200, 400), ("flower", 100, 100), ("flower", 200, 416))
 
 
+# families whose distortion depends on a few large random draws (frost: which of five photographs,
+# where cropped) are measured over this many corrupted copies of each crop
+REPEATS = {"frost": 32}
+
+
 def photo_crops(size: int = 224) -> np.ndarray:
     """uint8 N x size x size x 3: the 224 px crops, resized (bilinear) when `size` is smaller."""
     from PIL import Image

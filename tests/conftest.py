@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,9 @@ os.environ.update(
     }
 )
 os.chdir(_SESSION)  # MLflow writes run artifacts under ./mlruns
+# property tests draw the same examples on every run, so a green suite stays green
+settings.register_profile("synthmix", derandomize=True)
+settings.load_profile("synthmix")
 
 
 @pytest.fixture
