@@ -165,6 +165,7 @@ def _prepare(params: dict, manifest, report, name: str, on_epoch):
     if params["val_corruption"]:
         from imaging.batches import TensorBatches
         from imaging.corruptions import corrupt_torch
+        from imaging.errors import InputError
 
         if not isinstance(val_batches, TensorBatches):
             raise InputError(f"--val-corruption works on images up to 64 px (these are {spec.image_size} px); score robustness with evaluate instead.")

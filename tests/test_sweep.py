@@ -242,6 +242,10 @@ def test_robust_accuracy_on_a_corrupted_val_split_is_an_objective(tmp_path, tiny
     assert [m.step for m in robust] == [0, 1] and all(0 <= m.value <= 1 for m in robust)
     with pytest.raises(InputError, match=r"--val-corruption 'salt_pepper' is not kind:severity"):
         train({"data": str(tiny_folder), "model": "smallcnn", "val_corruption": "salt_pepper"})
+    large = make_folder(tmp_path / "large", per_class=6, size=80)
+    with pytest.raises(InputError, match=r"--val-corruption works on images up to 64 px \(these are 80 px\)"):
+        train({"data": str(large), "model": "smallcnn", "val_corruption": "salt_pepper:3", "workers": 0})
+    assert not [r for r in mlflow.search_runs([experiment], output_format="list") if r.data.params.get("data") == str(large)]  # no run left behind
     space = tmp_path / "space.yaml"
     space.write_text(TINY_SPACE)
     result = sweep({"data": str(tiny_folder), "space": str(space), "model": "smallcnn", "epochs": 2, "batch_size": 16, "device": "cpu", "n_trials": 2,
