@@ -63,11 +63,9 @@ def network_from_checkpoint(checkpoint: dict) -> tuple[torch.nn.Module, Classifi
 
 def preprocess(images: list[bytes], spec: ClassifierSpec) -> torch.Tensor:
     """Encoded images to the normalised float batch the network was trained on."""
-    arrays = np.stack([decode(data, spec.in_channels, spec.image_size, DEFAULT_MAX_PIXELS) for data in images])
-    x = torch.from_numpy(arrays).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.mean)[None, :, None, None]
-    std = torch.tensor(spec.std)[None, :, None, None]
-    return (x - mean) / std
+    from imaging.batches import to_model_input
+
+    return to_model_input(torch.from_numpy(to_batch(images, spec)).permute(0, 3, 1, 2), spec.mean, spec.std)
 
 
 INPUT_COLUMN = "image"
@@ -207,14 +205,14 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
     def predict_arrays(self, batch: np.ndarray) -> pd.DataFrame:
         """uint8 N x H x W x C at the model's size and channels to the answer table."""
+        from imaging.batches import to_model_input
+
         spec = self.spec
-        mean = torch.tensor(spec.mean, device=self.device)[None, :, None, None]
-        std = torch.tensor(spec.std, device=self.device)[None, :, None, None]
         probabilities = []
         with torch.no_grad():
             for start in range(0, len(batch), 256):
-                x = torch.from_numpy(batch[start:start + 256]).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-                probabilities.append(torch.softmax(self.network((x - mean) / std), dim=1).cpu())
+                images = torch.from_numpy(batch[start:start + 256]).to(self.device).permute(0, 3, 1, 2)
+                probabilities.append(torch.softmax(self.network(to_model_input(images, spec.mean, spec.std)), dim=1).cpu())
         probs = torch.cat(probabilities).numpy() if probabilities else np.zeros((0, len(spec.classes)), np.float32)
         best = probs.argmax(axis=1)
         out = pd.DataFrame({"label": [spec.classes[i] for i in best], "score": probs.max(axis=1)})

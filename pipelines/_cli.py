@@ -80,6 +80,7 @@ SPLIT_PARAMS = [
     option("max_pixels", 89_478_485, "Largest image (width x height) accepted; bigger files are treated as decompression bombs.", click.IntRange(1)),
 ]
 DATA_DEFAULTS = defaults(SPLIT_PARAMS)
+DATA_KEYS = ("data", *DATA_DEFAULTS)  # the real dataset and how it is split and checked
 
 
 def data_params(default: str = "mnist5k", help_suffix: str = "") -> list[click.Option]:

@@ -35,7 +35,7 @@ from pipelines import evaluate as evaluate_stage
 from pipelines import mix as mix_stage
 from pipelines import synthesize as synthesize_stage
 from pipelines import train as train_stage
-from pipelines._cli import DATA_DEFAULTS, DEVICE, data_params, defaults, option, pick, stage_command
+from pipelines._cli import DATA_KEYS, DEVICE, data_params, defaults, option, pick, stage_command
 
 PARAMS = [
     *data_params(),
@@ -58,7 +58,6 @@ PARAMS = [
 ]
 DEFAULTS = defaults(PARAMS)
 NOT_HASHED = ("device", "checkpoint_every", "registered_model", "storage")
-DATA_KEYS = ("data", *DATA_DEFAULTS)  # the real dataset and how it is split and checked
 
 
 def parse_ratios(text: str) -> list[float]:

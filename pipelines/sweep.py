@@ -50,7 +50,7 @@ import click
 from pipelines import mix as mix_stage
 from pipelines import synthesize as synthesize_stage
 from pipelines import train as train_stage
-from pipelines._cli import DEVICE, data_params, defaults, option, optional, pick, stage_command
+from pipelines._cli import DATA_KEYS, DEVICE, data_params, defaults, option, optional, pick, stage_command
 
 PARAMS = [
     *data_params(),
@@ -274,6 +274,7 @@ def sweep(params: dict, *, nested: bool = False, run_name: str | None = None, re
     import optuna
 
     from imaging.errors import InputError
+    from tracking.connect import shown
     from tracking.lineage import load_manifest
     from tracking.runs import get_or_run, quiet_mlflow
 
@@ -309,7 +310,7 @@ def sweep(params: dict, *, nested: bool = False, run_name: str | None = None, re
                            pruner=pruner, heartbeat=params["heartbeat"], on_stale=_stale_callback(params["retry_failed"]))
         return lambda run: _work(run, params, manifest, space, study, name, (synthetic_run, synthetic_data))
 
-    result = get_or_run("sweep", key, prepare, run_name=run_name or f"{name}-worker", params={**params, "study": name, "storage": _shown(storage_url)},
+    result = get_or_run("sweep", key, prepare, run_name=run_name or f"{name}-worker", params={**params, "study": name, "storage": shown(storage_url)},
                         tags={"synthmix.sweep": name, "optuna.study": name, **(tags or {})}, nested=nested, reuse=False)
     best = result.extra.get("best")
     if best:
@@ -322,12 +323,6 @@ def sweep(params: dict, *, nested: bool = False, run_name: str | None = None, re
     trials = "tags.`optuna.study` = '" + name + "' AND tags.`synthmix.stage` = 'trial'"
     click.echo(f"[synthmix] its trials in the MLflow UI: {runs_table_url(experiment_id, trials)}")
     return result
-
-
-def _shown(url: str) -> str:
-    from tracking.connect import shown
-
-    return shown(url)
 
 
 def _stale_callback(retries: int):
@@ -370,7 +365,7 @@ def _work(run, params: dict, manifest, space: Space, study, name: str, synthetic
     from tracking.runs import config_hash, is_pruned, stage_run
 
     target = params["n_trials"]
-    data = {key: params[key] for key in ("data", "val_fraction", "test_fraction", "split_seed", "skip_bad_images", "max_pixels")}
+    data = {key: params[key] for key in DATA_KEYS}
     source = {"synthetic_run": synthetic[0] or "", "synthetic_data": synthetic[1] or ""}
     if space.may_use_synthetic() and not any(synthetic):
         made = synthesize({**data, "generator": params["generator"], "per_class": params["per_class"], "seed": 0, "device": params["device"]},
@@ -424,7 +419,7 @@ def _work(run, params: dict, manifest, space: Space, study, name: str, synthetic
         failed = trial.state == TrialState.FAIL and not trial.user_attrs.get("synthmix.surplus")
         mine["failed_in_a_row"] = mine["failed_in_a_row"] + 1 if failed else 0
         if mine["failed_in_a_row"] >= 3:  # something is wrong with every trial; its traceback is above
-            print(f"[synthmix] 3 trials in a row failed on this worker; it stops (the study keeps its trials)", flush=True)
+            print("[synthmix] 3 trials in a row failed on this worker; it stops (the study keeps its trials)", flush=True)
             study_.stop()
         elif trial.user_attrs.get("synthmix.surplus"):
             mine["surplus"] += 1

@@ -7,10 +7,8 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -22,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import pattern
+from conftest import free_port, pattern, venv_env, wait_for_http
 from models.serving import BadRequest, ClassifierSpec, to_batch
 
 SPEC = ClassifierSpec("smallcnn", ["ant", "bee"], 1, 16, (0.5,), (0.5,))
@@ -69,12 +67,6 @@ def test_an_image_over_the_pixel_limit_is_refused_before_decoding():
         to_batch([png(pattern(0, 0, 16)), png(np.zeros((100, 100), np.uint8))], SPEC, max_pixels=5_000)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _post(port: int, payload) -> tuple[int, dict]:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
@@ -104,23 +96,14 @@ def test_the_real_server_answers_every_format_as_in_process_and_refuses_bad_requ
     expected = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": images}))
     columns = [c for c in expected.columns if c.startswith("p_")]
     assert columns == ["p_ant", "p_bee"]
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        # the server execs `uvicorn` from PATH: the one installed beside this Python
-        env={**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=venv_env(),  # the server execs uvicorn from PATH
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-                time.sleep(0.5)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, tmp_path / "server.log")
         b64 = [base64.b64encode(image).decode() for image in images]
         pixels = [np.asarray(Image.open(io.BytesIO(image))).tolist() for image in images]
         good = {
