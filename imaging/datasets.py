@@ -254,6 +254,30 @@ def scan_folder(
     return manifest, ScanReport(bad_files=bad, skipped=len(bad), ignored=len(ignored), ignored_files=[str(p.relative_to(root)) for p in ignored[:10]])
 
 
+def scan_flat_folder(data: str | os.PathLike, *, skip_bad_images: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None) -> tuple[Manifest, ScanReport]:
+    """A folder of images with no class sub-folders (e.g. a generator's output) as a manifest whose labels are empty."""
+    root = Path(data).expanduser()
+    files = _files(root)
+    images = [path for path in files if _is_image(path)]
+    ignored = [path for path in files if not _is_image(path)]
+    if not images:
+        raise InputError(f"{root} holds no images (files ending in {', '.join(sorted(IMAGE_SUFFIXES))}); add them, or point at the folder that holds them.")
+    scanned = _scan_files(root, images, max_pixels)
+    bad = [(str(path.relative_to(root)), scanned[path][1]) for path in images if scanned[path][1]]
+    if bad and not skip_bad_images:
+        listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise InputError(f"{len(bad)} file(s) in {root} are not usable images: {listing}. Remove them or pass --skip-bad-images.")
+    reasons = dict(bad)
+    frame = pd.DataFrame([
+        {"path": str(path.relative_to(root)), "label": "", "split": "", "source": "real", "run_id": "", "sha256": scanned[path][0]}
+        for path in images if str(path.relative_to(root)) not in reasons
+    ])
+    if frame.empty:
+        raise InputError(f"every image in {root} was skipped as bad; add readable images.")
+    manifest = Manifest(frame, str(root.resolve()), name or root.name, [""])
+    return manifest, ScanReport(bad_files=bad, skipped=len(bad), ignored=len(ignored), ignored_files=[str(p.relative_to(root)) for p in ignored[:10]])
+
+
 _SCANNED: dict[tuple, tuple[str, Manifest, ScanReport]] = {}  # this process's scans, by folder and options
 
 

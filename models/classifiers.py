@@ -1,9 +1,14 @@
-"""Image classifiers: torchvision ResNets and a small CNN for tiny images.
+"""Image classifiers: any torchvision classification model, and a small CNN for tiny images.
 
 `build_classifier` returns an `nn.Module` mapping a normalised float batch
-[N, C, H, W] to logits [N, num_classes]. It adapts the first convolution to
-any channel count and the head to any class count, so ImageNet weights load
-into a 1-channel, 10-class ResNet18 as well as into a 3-channel one.
+[N, C, H, W] to logits [N, num_classes]. ResNets get their first convolution
+adapted to any channel count and their head to any class count, so ImageNet
+weights load into a 1-channel, 10-class ResNet18 as well as into a 3-channel
+one. Every other torchvision model (efficientnet_b0, vit_b_16, convnext_tiny,
+...) is wrapped by `InputAdapter`: grey images are repeated to the 3 channels
+it expects, and images smaller than it can take (a ViT needs exactly 224 px)
+are resized inside the network, so the served model takes the dataset's own
+images like any other.
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ from torch import nn
 
 from imaging.errors import InputError
 
-MODEL_NAMES = ("resnet18", "resnet50", "smallcnn")
+OWN_MODELS = ("smallcnn",)
+ADAPTED_CONV1 = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")  # first conv rebuilt for the channel count
 
 # ImageNet statistics: used to normalise inputs whenever torchvision weights
 # are involved; for 1-channel images the channel means are averaged.
@@ -52,10 +58,38 @@ def normalisation(in_channels: int) -> tuple[tuple[float, ...], tuple[float, ...
     return (mean,) * in_channels, (std,) * in_channels
 
 
-def _torchvision_weights(name: str):
+def torchvision_names() -> list[str]:
+    """The classification models torchvision builds by name (resnet18, efficientnet_b0, vit_b_16, ...)."""
     from torchvision import models as tvm
 
-    return {"resnet18": tvm.ResNet18_Weights.IMAGENET1K_V1, "resnet50": tvm.ResNet50_Weights.IMAGENET1K_V2}[name]
+    return tvm.list_models(module=tvm)
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is smallcnn or a torchvision classification model; else an InputError with close matches."""
+    if name in OWN_MODELS:
+        return name
+    known = torchvision_names()
+    if name not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name, known, n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise InputError(
+            f"--model {name!r} is not a torchvision classification model; {hint}use smallcnn or any name of "
+            f"torchvision.models.list_models(module=torchvision.models), e.g. resnet18, resnet50, efficientnet_b0, vit_b_16."
+        )
+    return name
+
+
+def _torchvision_weights(name: str):
+    """ImageNet weights torchvision recommends for `name` (DEFAULT): ResNet18 V1, ResNet50 V2, ..."""
+    from torchvision import models as tvm
+
+    try:
+        return tvm.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError) as error:
+        raise InputError(f"--pretrained: torchvision has no ImageNet weights for {name!r}; drop --pretrained or pass --weights FILE.") from error
 
 
 def pretrained_cache_path(name: str) -> Path:
@@ -70,8 +104,8 @@ def offline() -> bool:
 
 def load_pretrained_state(name: str) -> dict[str, torch.Tensor]:
     """ImageNet weights for `name`: from the torch cache, else downloaded when online."""
-    if name not in ("resnet18", "resnet50"):
-        raise InputError(f"--pretrained has no ImageNet weights for model {name!r}; use resnet18 or resnet50, or drop --pretrained.")
+    if name in OWN_MODELS:
+        raise InputError(f"--pretrained has no ImageNet weights for model {name!r}; use a torchvision model such as resnet18, or drop --pretrained.")
     path = pretrained_cache_path(name)
     weights = _torchvision_weights(name)
     if path.exists():
@@ -107,29 +141,81 @@ def _adapt_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
     return adapted
 
 
+class InputAdapter(nn.Module):
+    """A torchvision model fed the dataset's own images: grey repeated to RGB, resized when the model needs it."""
+
+    def __init__(self, network: nn.Module, in_channels: int, resize_to: int | None):
+        super().__init__()
+        self.network = network
+        self.in_channels = in_channels
+        self.resize_to = resize_to
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.resize_to and x.shape[-1] != self.resize_to:
+            x = nn.functional.interpolate(x, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=False, antialias=x.shape[-1] > self.resize_to)
+        return self.network(x)
+
+
+def _torchvision_network(name: str, num_classes: int) -> nn.Module:
+    from torchvision import models as tvm
+
+    extra = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}  # one output, not a tuple
+    return tvm.get_model(name, weights=None, num_classes=num_classes, **extra)
+
+
+def input_size(name: str, network: nn.Module, image_size: int | None) -> int | None:
+    """None when `network` takes `image_size` px images as they are; else the side it needs
+    (its ImageNet weights' crop size: 224 for a ViT, 299 for Inception v3)."""
+    if not image_size:
+        return None
+    probe = torch.zeros(2, 3, image_size, image_size)
+    training = network.training
+    try:
+        with torch.no_grad():
+            network.eval()(probe)
+        return None
+    except Exception:  # too small for its pooling, or a fixed-size architecture (ViT, MaxViT)
+        try:
+            return int(_torchvision_weights(name).transforms().crop_size[0])
+        except Exception:
+            return 224
+    finally:
+        network.train(training)
+
+
 def build_classifier(
     name: str,
     num_classes: int,
     in_channels: int = 3,
     pretrained: bool = False,
     weights: str | os.PathLike | None = None,
+    image_size: int | None = None,
 ) -> nn.Module:
-    """A classifier for `num_classes`, optionally initialised from ImageNet or a state-dict file."""
-    if name not in MODEL_NAMES:
-        raise InputError(f"--model {name!r} is not known; choose one of {', '.join(MODEL_NAMES)}.")
+    """A classifier for `num_classes`, optionally initialised from ImageNet or a state-dict file.
+
+    `image_size` (the dataset's side) lets a torchvision model that cannot take images that small
+    resize them itself; the same arguments always build the same network.
+    """
+    check_model_name(name)
     if num_classes < 2:
         raise InputError(f"a classifier needs at least 2 classes, got {num_classes}.")
     if name == "smallcnn":
         model: nn.Module = SmallCNN(num_classes, in_channels)
-    else:
-        from torchvision import models as tvm
-
-        model = getattr(tvm, name)(weights=None, num_classes=num_classes)
+        inner = model
+    elif name in ADAPTED_CONV1:
+        model = inner = _torchvision_network(name, num_classes)
         if in_channels != 3:
             old = model.conv1
             model.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+    else:
+        if in_channels not in (1, 3):
+            raise InputError(f"{name} takes 1- or 3-channel images, not {in_channels}; pass --channels 1 or 3.")
+        inner = _torchvision_network(name, num_classes)
+        model = InputAdapter(inner, in_channels, input_size(name, inner, image_size))
     if pretrained:
-        model.load_state_dict(_adapt_state(load_pretrained_state(name), model), strict=False)
+        inner.load_state_dict(_adapt_state(load_pretrained_state(name), inner), strict=False)
     if weights:
         path = Path(weights)
         if not path.is_file():
@@ -140,10 +226,12 @@ def build_classifier(
             raise InputError(f"--weights {path} could not be read as a PyTorch state dict ({error}); save one with torch.save(model.state_dict(), path).") from error
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             state = state["model"]  # a synthmix checkpoint
-        adapted = _adapt_state(state, model)
+        # a synthmix checkpoint of a wrapped model, or a plain torchvision state dict
+        target = model if any(key in model.state_dict() for key in state) else inner
+        adapted = _adapt_state(state, target)
         if not adapted:
             raise InputError(f"--weights {path} has no tensor that fits a {name}; was it saved from another architecture?")
-        model.load_state_dict(adapted, strict=False)
+        target.load_state_dict(adapted, strict=False)
     return model
 
 
@@ -153,6 +241,9 @@ def last_conv_layer(model: nn.Module, image_size: int | None = None) -> nn.Modul
     ResNet's layer4 is 1/32 of the input: 7x7 at 224 px but 1x1 at 28 px, where its
     map says nothing about *where*; for small images an earlier block is used.
     """
+    if isinstance(model, InputAdapter):
+        image_size = model.resize_to or image_size
+        model = model.network
     if hasattr(model, "layer4"):
         for layer, stride in (("layer4", 32), ("layer3", 16), ("layer2", 8)):
             if image_size is None or -(-image_size // stride) >= 4:  # ceil: 28 px gives layer2 4x4

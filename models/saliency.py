@@ -129,3 +129,34 @@ def _scale_each_to_unit(maps: torch.Tensor) -> torch.Tensor:
     flat_enough = span <= 1e-5 * (span + low.abs())
     scaled = torch.where(flat_enough, torch.zeros_like(flat), flat / span.clamp_min(1e-30))
     return scaled.clamp_(0.0, 1.0).reshape(maps.shape)
+
+
+def correct_and_incorrect(
+    network: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    predictions: torch.Tensor,
+    count: int,
+    *,
+    seed: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    image_size: int,
+    method: str = "gradcam",
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, maps [2*count or fewer, H, W]) of up to `count` correct and then up to `count` incorrect
+    predictions on uint8 `images`, explaining the predicted class. The images are drawn by a seeded
+    shuffle, so a panel shows many classes rather than the first few."""
+    from imaging.batches import to_model_input
+
+    device = device or next(network.parameters()).device
+    shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    right = shuffled[(predictions == labels)[shuffled]][:count]
+    wrong = shuffled[(predictions != labels)[shuffled]][:count]
+    chosen = torch.cat([right, wrong])
+    maps = saliency_maps(
+        network, to_model_input(images[chosen].to(device), mean, std), predictions[chosen].to(device),
+        method=method, layer=last_conv_layer(network, image_size),
+    )
+    return chosen, maps

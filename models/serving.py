@@ -56,7 +56,7 @@ def save_checkpoint(path: Path, network: torch.nn.Module, spec: ClassifierSpec, 
 
 def network_from_checkpoint(checkpoint: dict) -> tuple[torch.nn.Module, ClassifierSpec]:
     spec = ClassifierSpec(**checkpoint["spec"])
-    network = build_classifier(spec.model, len(spec.classes), spec.in_channels)
+    network = build_classifier(spec.model, len(spec.classes), spec.in_channels, image_size=spec.image_size)
     network.load_state_dict(checkpoint["model"])
     return network.eval(), spec
 

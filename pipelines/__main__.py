@@ -14,6 +14,7 @@ STAGES = {
     "corrupt": "Write a corrupted copy of one split (salt-and-pepper, gradient noise, blend, ImageNet-C).",
     "mix": "Build a training manifest of real + synthetic images at a synthetic fraction (no images copied).",
     "sweep": "Optuna study over synthetic ratio, corruption, severity and lr with pruning; workers share it via --storage.",
+    "detect": "Train a real-vs-synthetic detector (ResNet50 or any torchvision model); AUC, and transfer across generators.",
     "register": "Register the best classifier of a study (by a validation metric) and point the alias champion at it.",
 }
 

@@ -186,7 +186,7 @@ def _prepare(params: dict, model_uri: str, test_rows, kinds: list[str], severiti
     from models.serving import load_classifier
     from models.training import predict
     from pipelines._cli import resolve_device
-    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, image_grid, log_figure
+    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, heatmap_figure, image_grid, log_figure
     from tracking.lineage import log_dataset
 
     device = resolve_device(params["device"])
@@ -265,29 +265,22 @@ def _prepare(params: dict, model_uri: str, test_rows, kinds: list[str], severiti
             table.insert(0, "clean", accuracy)
             table.index.name = "corruption"
             mlflow.log_text(table.to_csv(float_format="%.4f"), "robustness/accuracy.csv")
-            log_figure(_heatmap(table, name), "robustness/accuracy.png")
+            figure = heatmap_figure(table, f"{name}\ntest accuracy per corruption and severity", xlabel="severity (clean = uncorrupted)", colour_label="accuracy")
+            log_figure(figure, "robustness/accuracy.png")
 
         if panels:
-            from imaging.batches import to_model_input
-            from models.classifiers import last_conv_layer
-            from models.saliency import saliency_maps
+            from models.saliency import correct_and_incorrect
             from tracking.overlays import correct_incorrect_panel
 
             count = params["saliency"]
             for panel_name, panel_images, panel_predictions in panels:
-                # a seeded shuffle, so the panel shows many classes rather than the first few
-                shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(params["seed"]))
-                right = shuffled[(panel_predictions == labels)[shuffled]][:count]
-                wrong = shuffled[(panel_predictions != labels)[shuffled]][:count]
-                chosen = torch.cat([right, wrong])
-                x = panel_images[chosen]
-                maps = saliency_maps(
-                    network, to_model_input(x.to(device), spec.mean, spec.std), panel_predictions[chosen].to(device),
-                    method=params["saliency_method"], layer=last_conv_layer(network, spec.image_size),
+                chosen, maps = correct_and_incorrect(
+                    network, panel_images, labels, panel_predictions, count, seed=params["seed"], mean=spec.mean, std=spec.std,
+                    image_size=spec.image_size, method=params["saliency_method"], device=device,
                 )
                 accuracy_here = float((panel_predictions == labels).float().mean())
                 figure = correct_incorrect_panel(
-                    x.permute(0, 2, 3, 1).numpy(), maps.cpu().numpy(), labels[chosen].numpy(), panel_predictions[chosen].numpy(), spec.classes, count,
+                    panel_images[chosen].permute(0, 2, 3, 1).numpy(), maps.cpu().numpy(), labels[chosen].numpy(), panel_predictions[chosen].numpy(), spec.classes, count,
                     suptitle=f"{params['saliency_method']} of the predicted class · {panel_name} test images · accuracy {accuracy_here:.3f}",
                 )
                 log_figure(figure, f"saliency/{params['saliency_method']}_{panel_name}.png")
@@ -297,24 +290,6 @@ def _prepare(params: dict, model_uri: str, test_rows, kinds: list[str], severiti
         return metrics
 
     return inside
-
-
-def _heatmap(table, title: str):
-    import matplotlib.pyplot as plt
-
-    values = table.to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(1.1 * values.shape[1] + 3, 0.42 * values.shape[0] + 1.8))
-    image = ax.imshow(values, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(values.shape[1]), [str(c) for c in table.columns])
-    ax.set_yticks(range(values.shape[0]), list(table.index))
-    ax.set_xlabel("severity (clean = uncorrupted)")
-    for i in range(values.shape[0]):
-        for j in range(values.shape[1]):
-            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8)
-    ax.set_title(f"{title}\ntest accuracy per corruption and severity")
-    fig.colorbar(image, ax=ax, label="accuracy")
-    fig.tight_layout()
-    return fig
 
 
 command = stage_command("evaluate", __doc__, PARAMS, lambda **params: evaluate(params))

@@ -28,12 +28,12 @@ import click
 from pipelines._cli import option, optional, stage_command
 
 PARAMS = [
-    option("parent_run", "", "Study (or sweep) run whose train runs compete, at any depth below it; empty: the train runs of --experiment."),
+    option("parent_run", "", "Study (or sweep) run whose train runs compete, at any depth below it (a detect run: its detector); empty: the train runs of --experiment."),
     option("experiment", "", "Experiment (name or id) whose train runs compete when --parent-run is empty; empty: the current one (synthmix, or MLFLOW_EXPERIMENT_NAME)."),
     option("data", "", "Only train runs on this dataset (as their data parameter says, e.g. mnist5k or a folder); empty: all."),
     option("metric", "val/acc", "Validation metric that chooses the model; any metric the train runs log (e.g. val/loss)."),
     option("direction", "auto", "auto: lower is better for metrics named like loss, error or mce, higher for the rest.", click.Choice(["auto", "maximize", "minimize"])),
-    option("registered_model", "", "Name in the Model Registry; empty: <dataset>-classifier, after the winner's dataset (e.g. mnist5k-classifier)."),
+    option("registered_model", "", "Name in the Model Registry; empty: <dataset>-classifier (or -detector for a detect run's model), after the winner's dataset (e.g. mnist5k-classifier)."),
     option("alias", "champion", "Alias that points at the best version of the registered model."),
     option("force", False, "true: move the alias to the winner even when its version was chosen on another metric or other validation data.", bool),
 ]
@@ -95,10 +95,10 @@ def lower_is_better(metric: str, direction: str) -> bool:
     return any(word in metric.lower() for word in ("loss", "error", "mce", "err"))
 
 
-def model_name(dataset: str) -> str:
-    """The default registered model name: <dataset>-classifier, with only letters, digits, . _ -"""
+def model_name(dataset: str, task: str = "classifier") -> str:
+    """The default registered model name: <dataset>-classifier (or -detector), with only letters, digits, . _ -"""
     base = re.sub(r"[^A-Za-z0-9_.-]+", "-", dataset.rstrip("/").split("/")[-1]).strip("-.") or "synthmix"
-    return f"{base}-classifier"
+    return f"{base}-{task}"
 
 
 def _descendants(client, parent) -> list:
@@ -261,20 +261,25 @@ def register(params: dict, *, runs: list[str] | None = None, echo=click.echo) ->
     client = MlflowClient()
     if optional(params["parent_run"]):
         parent = get_run(params["parent_run"], "parent_run")
-        found, where = _descendants(client, parent) + _study_steps(client, parent), f"the runs below {parent.info.run_name} ({parent.info.run_id})"
+        detector = parent.data.tags.get("synthmix.detector_train_run")
+        if detector:  # a detect run: its own detector, not the per-generator ones of its transfer runs
+            found, where = [client.get_run(detector)], f"the detector of {parent.info.run_name} ({parent.info.run_id})"
+        else:
+            found, where = _descendants(client, parent) + _study_steps(client, parent), f"the runs below {parent.info.run_name} ({parent.info.run_id})"
     else:
         found, where = _experiment_runs(client, optional(params["experiment"]))
     found += [client.get_run(run_id) for run_id in runs or []]
     found = list({run.info.run_id: run for run in found}.values())
     choice = choose(found, metric, params["direction"], optional(params["data"]), where)
     best = choice.best
-    name = optional(params["registered_model"]) or model_name(best.dataset)
+    task = "detector" if best.run.data.tags.get("synthmix.task") == "detector" else "classifier"
+    name = optional(params["registered_model"]) or model_name(best.dataset, task)
     lower = lower_is_better(metric, params["direction"])
 
     try:
         client.get_registered_model(name)
     except Exception:
-        client.create_registered_model(name, description=f"synthmix classifiers of {best.dataset}; the alias '{alias}' points at the best on {metric}.")
+        client.create_registered_model(name, description=f"synthmix {task}s of {best.dataset}; the alias '{alias}' points at the best on {metric}.")
     existing = client.search_model_versions(f"name = '{name}' AND run_id = '{best.run_id}'")
     test_acc = _test_accuracy(client, best)
     tags = {

@@ -25,7 +25,7 @@ from pipelines._cli import DEVICE, TABLE, corruption_table, data_params, default
 PARAMS = [
     *data_params(),
     option("dataset_run", "", "Train on the manifest logged by this run (a mix or corrupt run) instead of --data."),
-    option("model", "resnet18", "Architecture: torchvision ResNet18/50, or a ~100k-parameter CNN for images up to 64 px.", click.Choice(["resnet18", "resnet50", "smallcnn"])),
+    option("model", "resnet18", "Architecture: any torchvision classification model by name (resnet18, resnet50, efficientnet_b0, vit_b_16, ...; grey images are repeated to RGB and images too small for it are resized inside the network), or smallcnn, a ~100k-parameter CNN for images up to 64 px."),
     option("pretrained", False, "true: start from torchvision's ImageNet weights (from the torch cache; downloaded only when online).", bool),
     option("weights", "", "Start from this local state-dict file (.pt) instead; mismatched heads are re-initialised."),
     option("epochs", 3, "Passes over the training split.", click.IntRange(1)),
@@ -95,6 +95,9 @@ def train(params: dict, *, on_epoch=None, nested: bool = False, run_name: str | 
         reuse = False
     if params["epochs"] < 1 or params["batch_size"] < 1 or params["lr"] <= 0:
         raise InputError(f"epochs ({params['epochs']}) and batch_size ({params['batch_size']}) must be at least 1 and lr ({params['lr']}) above 0.")
+    from models.classifiers import check_model_name
+
+    check_model_name(params["model"])
     if params["augment"]:
         from imaging.corruptions import parse_augment
 
@@ -109,7 +112,8 @@ def train(params: dict, *, on_epoch=None, nested: bool = False, run_name: str | 
         raise InputError(f"--channels {params['channels']} is not supported; use 1 (grey), 3 (RGB) or 0 (as the images are).")
     if len(manifest.split("val")) == 0:
         raise InputError(f"dataset {manifest.name} has no val split; give the folder a val/ or a val_fraction above 0.")
-    key = {**{k: v for k, v in params.items() if k not in NOT_HASHED}, "dataset_digest": manifest.digest}
+    # the digest names the data; which run logged that manifest does not change what is trained
+    key = {**{k: v for k, v in params.items() if k not in NOT_HASHED and k != "dataset_run"}, "dataset_digest": manifest.digest}
     name = run_name or f"train-{params['model']}-{manifest.name}-s{params['seed']}"
     logged = {k: v for k, v in params.items() if k != "resume_run"}
     return get_or_run(
@@ -156,7 +160,7 @@ def _prepare(params: dict, manifest, report, name: str, on_epoch):
     mean, std = normalisation(params["channels"])
     spec = ClassifierSpec(params["model"], list(manifest.classes), params["channels"], params["image_size"], mean, std)
     torch.manual_seed(params["seed"])
-    network = build_classifier(params["model"], len(spec.classes), spec.in_channels, params["pretrained"], optional(params["weights"])).to(device)
+    network = build_classifier(params["model"], len(spec.classes), spec.in_channels, params["pretrained"], optional(params["weights"]), image_size=spec.image_size).to(device)
     optimizer = make_optimizer(params["optimizer"], network.parameters(), params["lr"], params["weight_decay"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params["epochs"])
     train_batches = make_batches(train_rows, spec.in_channels, spec.image_size, params["batch_size"], device, params["workers"])

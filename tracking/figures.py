@@ -1,4 +1,4 @@
-"""Figures a person looks at in the MLflow UI: confusion matrices and image grids.
+"""Figures a person looks at in the MLflow UI: confusion matrices, heatmaps, ROC curves and image grids.
 
 Each figure is logged as PNG; a confusion matrix also as JSON with the counts,
 so the numbers can be read without the picture.
@@ -100,6 +100,42 @@ def class_rows_figure(rows: list[np.ndarray], classes: list[str], title: str):
         ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=10)
     fig.suptitle(title, x=0.01, ha="left", fontsize=11)
     fig.subplots_adjust(left=label_inches / fig_width, right=0.99, top=1 - 0.45 / (row_inches * len(pictures) + 0.6), bottom=0.02, hspace=0.15)
+    return fig
+
+
+def heatmap_figure(table, title: str, *, xlabel: str, ylabel: str = "", colour_label: str, cmap: str = "RdYlGn", vmin: float = 0, vmax: float = 1):
+    """A pandas table as coloured cells, each with its value (2 decimals)."""
+    values = table.to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.1 * values.shape[1] + 3, 0.42 * values.shape[0] + 1.8))
+    image = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(values.shape[1]), [str(c) for c in table.columns])
+    ax.set_yticks(range(values.shape[0]), [str(r) for r in table.index])
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=colour_label)
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str):
+    """ROC curves {name: (false positive rates, true positive rates, AUC)}, with the chance diagonal."""
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance (AUC 0.50)")
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, linewidth=2 if len(curves) == 1 else 1.5, label=f"{name} (AUC {auc:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate (real called synthetic)")
+    ax.set_ylabel("true positive rate (synthetic caught)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
     return fig
 
 
