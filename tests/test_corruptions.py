@@ -107,8 +107,12 @@ def test_distortion_grows_with_severity(kind, seed):
     for images, image_labels in ((digits, labels), (photos(), np.arange(16) % 4)):
         distortions = [distortion(images, corrupt(images, kind, s, seed=seed, labels=image_labels, table=table)) for s in range(1, 6)]
         assert distortions[0] > 0, f"{kind} severity 1 leaves the images unchanged"
+        # CIFAR-10-C's motion blur severities 3 and 4, (6, 2) and (8, 2), differ only in taps 7 and 8
+        # of a sigma-2 streak (weights under 0.3%): their distortions agree to within a few pixels
+        # rounded the other way, so they are held equal within 0.05%
+        slack = 5e-4 if kind == "motion_blur" else 0.0
         if kind != "frost":  # see test_frost_blends_more_frost_with_severity
-            assert all(b >= a for a, b in zip(distortions, distortions[1:])), f"{kind}: {np.round(distortions, 2)}"
+            assert all(b >= a * (1 - slack) for a, b in zip(distortions, distortions[1:])), f"{kind}: {np.round(distortions, 2)}"
 
 
 def test_distortion_grows_with_severity_at_224_px():
