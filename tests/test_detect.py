@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 from imaging.detection import detector_manifest, split_synthetic, transfer_auc
 from imaging.errors import InputError
 from imaging.manifest import Manifest
-from tests.conftest import run_cli, runs_of
+from conftest import run_cli, runs_of
 
 DIGITS = [str(d) for d in range(10)]
 QUICK = {"model": "smallcnn", "epochs": 2, "batch_size": 64, "lr": 3e-3, "saliency": 2, "val_fraction": 0.2, "test_fraction": 0.2}

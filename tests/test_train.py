@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from conftest import make_folder, runs_of, run_cli
 from imaging.datasets import scan_folder
 from imaging.errors import InputError
-from models.classifiers import build_classifier, pretrained_cache_path
+from models.classifiers import InputAdapter, build_classifier, pretrained_cache_path
 from pipelines.evaluate import evaluate
 from pipelines.train import train
 
@@ -165,6 +165,46 @@ def test_pretrained_weights_come_from_the_torch_cache_or_a_clear_error(tmp_path,
     assert torch.allclose(grey["conv1.weight"], imagenet["conv1.weight"].sum(dim=1, keepdim=True))
     assert torch.equal(grey["layer4.1.conv2.weight"], imagenet["layer4.1.conv2.weight"])
     assert grey["fc.weight"].shape == (10, 512)  # head re-initialised for 10 classes
+
+
+def test_any_torchvision_model_trains_and_serves_from_its_checkpoint(tiny_folder, experiment):
+    result = train({"data": str(tiny_folder), **FAST, "model": "mobilenet_v3_small", "epochs": 1})
+    classifier = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    network = classifier.unwrap_python_model().network
+    assert isinstance(network, InputAdapter) and network.resize_to is None  # 16 px grey digits, repeated to RGB
+    image = next(iter(sorted(tiny_folder.rglob("*.png")))).read_bytes()
+    answer = classifier.predict(pd.DataFrame({"image": [image]}))
+    assert answer["label"][0] in ("ant", "bee", "cat") and answer[["p_ant", "p_bee", "p_cat"]].sum(axis=1)[0] == pytest.approx(1, abs=1e-5)
+    assert "val/acc" in MlflowClient().get_run(result.run_id).data.metrics
+
+
+def test_a_model_that_needs_bigger_images_resizes_them_itself_and_a_wrong_name_gets_suggestions():
+    vit = build_classifier("vit_b_16", 2, 1, image_size=28)
+    assert isinstance(vit, InputAdapter) and vit.resize_to == 224  # a ViT takes exactly its 224 px
+    with torch.no_grad():
+        assert vit.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 2)
+    assert build_classifier("efficientnet_b0", 3, 3, image_size=28).resize_to is None
+    assert not isinstance(build_classifier("resnet50", 3, 1), InputAdapter)  # ResNets adapt their first convolution instead
+    with pytest.raises(InputError, match=r"--model 'resnet5O' is not a torchvision classification model; did you mean resnet50"):
+        build_classifier("resnet5O", 2, 3)
+    done = run_cli("train", "--model", "vgg", "--epochs", "1")
+    assert done.returncode == 2 and "did you mean" in done.stderr and "vgg11" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_pretrained_weights_of_any_torchvision_model_come_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(InputError, match=r"ImageNet weights for mobilenet_v3_small are not in the torch cache"):
+        build_classifier("mobilenet_v3_small", 2, 1, pretrained=True)
+    torch.manual_seed(0)
+    from torchvision import models as tvm
+
+    imagenet = tvm.mobilenet_v3_small(num_classes=1000).state_dict()
+    path = pretrained_cache_path("mobilenet_v3_small")
+    path.parent.mkdir(parents=True)
+    torch.save(imagenet, path)
+    grey = build_classifier("mobilenet_v3_small", 2, 1, pretrained=True).state_dict()
+    assert torch.equal(grey["network.features.0.0.weight"], imagenet["features.0.0.weight"])  # all 3 input channels kept: grey is repeated
+    assert grey["network.classifier.3.weight"].shape == (2, 1024)  # head re-initialised for 2 classes
 
 
 def test_weights_file_is_loaded_and_a_bad_one_is_named(tmp_path):
