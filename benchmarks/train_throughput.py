@@ -1,7 +1,7 @@
 """Training throughput: the train stage against a bare PyTorch loop, and the
 decoded-tensor cache against ImageFolder + DataLoader.
 
-    .venv/bin/python benchmarks/train_throughput.py [--model resnet18] [--epochs 3]
+    .venv/bin/python benchmarks/train_throughput.py [--model resnet18] [--epochs 3] [--parts a,b,c]
 
 (a) The same model (same initial weights), data (mnist5k's 4,000 train and 500
     val digits, 28 px grey), batch size and optimiser, trained for --epochs
@@ -18,6 +18,12 @@ decoded-tensor cache against ImageFolder + DataLoader.
     torchvision ImageFolder + DataLoader decoding the PNG files every epoch,
     at 28 px and resized to 32 px. Steady-state epochs (the cache is warm,
     DataLoader workers are started per epoch, as a plain DataLoader does).
+(c) On-the-fly augmentation: the train stage as in (a) with
+    `--augment salt_pepper:3:0.5,gaussian_noise:3:0.5` against the same stage
+    without it (same model, initial weights, data, batch size and epochs),
+    alternating --repeats times. Both families corrupt on the batch's own
+    device (imaging.corruptions.DEVICE_KINDS); the ratio is augmented images/s
+    over plain images/s (median epoch wall time, epoch 1 left out). Goal: >= 0.9.
 
 The tracking store is a temporary sqlite file; nothing is added to ./mlflow.db.
 """
@@ -36,13 +42,19 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def stage_throughput(model: str, epochs: int, batch_size: int) -> tuple[list[float], float]:
-    """(wall seconds of epochs 2..E, final val/acc) of the train stage."""
+AUGMENT = "salt_pepper:3:0.5,gaussian_noise:3:0.5"
+
+
+def stage_throughput(model: str, epochs: int, batch_size: int, augment: str = "") -> tuple[list[float], float]:
+    """(wall seconds of epochs 2..E, final val/acc) of the train stage, with `augment` if given."""
     from pipelines.train import train
 
     stamps = []
+    params = {"data": "mnist5k", "model": model, "epochs": epochs, "batch_size": batch_size, "seed": 0, "device": "cpu"}
+    if augment:
+        params["augment"] = augment
     result = train(
-        {"data": "mnist5k", "model": model, "epochs": epochs, "batch_size": batch_size, "seed": 0, "device": "cpu"},
+        params,
         on_epoch=lambda epoch, metrics: stamps.append(time.perf_counter()),
         run_name=f"benchmark-{model}",
     )
@@ -132,7 +144,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="bare and stage runs of (a), alternating")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers for (b)")
+    parser.add_argument("--parts", default="a,b,c", help="which measurements to run, comma-separated (default a,b,c)")
     args = parser.parse_args()
+    parts = {part.strip() for part in args.parts.split(",")}
 
     import torch
 
@@ -142,25 +156,43 @@ def main() -> None:
         import mlflow
 
         mlflow.set_experiment("benchmark-train-throughput")
-        bare_walls, stage_walls = [], []
-        for _ in range(args.repeats):
-            walls, bare_acc = bare_throughput(args.model, args.epochs, args.batch_size)
-            bare_walls += walls
-            walls, stage_acc = stage_throughput(args.model, args.epochs, args.batch_size)
-            stage_walls += walls
-        bare, stage = 4000 / statistics.median(bare_walls), 4000 / statistics.median(stage_walls)
+        if "a" in parts:
+            bare_walls, stage_walls = [], []
+            for _ in range(args.repeats):
+                walls, bare_acc = bare_throughput(args.model, args.epochs, args.batch_size)
+                bare_walls += walls
+                walls, stage_acc = stage_throughput(args.model, args.epochs, args.batch_size)
+                stage_walls += walls
+            bare, stage = 4000 / statistics.median(bare_walls), 4000 / statistics.median(stage_walls)
+        if "c" in parts:
+            plain_walls, augmented_walls = [], []
+            for _ in range(args.repeats):
+                walls, plain_acc = stage_throughput(args.model, args.epochs, args.batch_size)
+                plain_walls += walls
+                walls, augmented_acc = stage_throughput(args.model, args.epochs, args.batch_size, AUGMENT)
+                augmented_walls += walls
+            plain, augmented = 4000 / statistics.median(plain_walls), 4000 / statistics.median(augmented_walls)
 
-    print(f"\n(a) {args.model} on mnist5k (4,000 train images, 28 px), batch {args.batch_size}, {args.epochs} epochs x {args.repeats} runs each, "
-          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
-    print(f"{'loop':<44}{'images/s':>10}{'val/acc':>10}{'ratio':>8}")
-    print(f"{'bare PyTorch loop (train + val pass)':<44}{bare:>10.1f}{bare_acc:>10.3f}{1:>8.3f}")
-    print(f"{'train stage (MLflow, val, checkpoint by time)':<44}{stage:>10.1f}{stage_acc:>10.3f}{stage / bare:>8.3f}")
+    if "a" in parts:
+        print(f"\n(a) {args.model} on mnist5k (4,000 train images, 28 px), batch {args.batch_size}, {args.epochs} epochs x {args.repeats} runs each, "
+              f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
+        print(f"{'loop':<44}{'images/s':>10}{'val/acc':>10}{'ratio':>8}")
+        print(f"{'bare PyTorch loop (train + val pass)':<44}{bare:>10.1f}{bare_acc:>10.3f}{1:>8.3f}")
+        print(f"{'train stage (MLflow, val, checkpoint by time)':<44}{stage:>10.1f}{stage_acc:>10.3f}{stage / bare:>8.3f}")
 
-    print("\n(b) one epoch of normalised batches of mnist5k train (4,000 PNGs), batch 128")
-    print(f"{'size':<8}{'tensor cache (s)':>18}{'ImageFolder+DataLoader (s)':>28}{'speed-up':>10}")
-    for size in (28, 32):
-        ours, theirs = cache_epoch_seconds(size), imagefolder_epoch_seconds(size, args.workers)
-        print(f"{size:<8}{ours:>18.4f}{theirs:>28.3f}{theirs / ours:>9.1f}x")
+    if "b" in parts:
+        print("\n(b) one epoch of normalised batches of mnist5k train (4,000 PNGs), batch 128")
+        print(f"{'size':<8}{'tensor cache (s)':>18}{'ImageFolder+DataLoader (s)':>28}{'speed-up':>10}")
+        for size in (28, 32):
+            ours, theirs = cache_epoch_seconds(size), imagefolder_epoch_seconds(size, args.workers)
+            print(f"{size:<8}{ours:>18.4f}{theirs:>28.3f}{theirs / ours:>9.1f}x")
+
+    if "c" in parts:
+        print(f"\n(c) train stage with and without --augment {AUGMENT}: {args.model} on mnist5k, batch {args.batch_size}, "
+              f"{args.epochs} epochs x {args.repeats} runs each, cpu, {torch.get_num_threads()} torch threads")
+        print(f"{'train stage':<44}{'images/s':>10}{'val/acc':>10}{'ratio':>8}")
+        print(f"{'without --augment':<44}{plain:>10.1f}{plain_acc:>10.3f}{1:>8.3f}")
+        print(f"{'with --augment (on the device path)':<44}{augmented:>10.1f}{augmented_acc:>10.3f}{augmented / plain:>8.3f}")
 
 
 if __name__ == "__main__":
