@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 from imaging.detection import detector_manifest, split_synthetic, transfer_auc
 from imaging.errors import InputError
 from imaging.manifest import Manifest
-from conftest import run_cli, runs_of
+from conftest import REPO, run_cli, runs_of, venv_env
 
 DIGITS = [str(d) for d in range(10)]
 QUICK = {"model": "smallcnn", "epochs": 2, "batch_size": 64, "lr": 3e-3, "saliency": 2, "val_fraction": 0.2, "test_fraction": 0.2}
@@ -204,21 +204,32 @@ def test_the_transfer_matrix_on_constructed_generators(digits, experiment):
     assert all(r.data.tags["mlflow.parentRunId"] == result.run_id for r in children)
 
 
-def test_a_flat_folder_works_and_the_detector_serves_through_the_classifier_pyfunc(digits, experiment):
+def test_mlflow_run_on_a_flat_folder_as_a_user_types_it_and_the_detector_serves_through_the_classifier_pyfunc(digits, experiment, tmp_path):
+    import subprocess
+    import sys
+
     import mlflow
 
-    from pipelines.detect import TAG_DETECTOR, detect
+    from pipelines.detect import TAG_DETECTOR
     from pipelines.register import register
 
-    result = detect({**QUICK, "data": str(digits["real"]), "synthetic_data": str(digits["flat"]), "saliency": 0})
-    train_run = mlflow.get_run(result.run_id).data.tags[TAG_DETECTOR]
+    command = [str(Path(sys.executable).with_name("mlflow")), "run", str(REPO), "-e", "detect", "--env-manager", "local",
+               "-P", f"data={digits['real']}", "-P", f"synthetic_data={digits['flat']}", "-P", "val_fraction=0.2", "-P", "test_fraction=0.2",
+               "-P", "model=smallcnn", "-P", "epochs=2", "-P", "batch_size=64", "-P", "lr=0.003", "-P", "saliency=0", "-P", "device=cpu"]
+    env = {k: v for k, v in venv_env().items() if k != "MLFLOW_EXPERIMENT_ID"}  # mlflow run takes a name or an id, not both
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = runs_of(experiment, "detect")
+    assert run.info.status == "FINISHED" and abs(run.data.metrics["test/auc"] - 0.5) < 0.15  # copies of real digits
+    assert run.data.params["synthetic_data"] == str(digits["flat"])
+    train_run = run.data.tags[TAG_DETECTOR]
     model = mlflow.pyfunc.load_model(f"runs:/{train_run}/model")
-    images = [digits["real"] / "3" / name for name in sorted(p.name for p in (digits["real"] / "3").iterdir())[:2]]
+    images = sorted((digits["real"] / "3").iterdir())[:2]
     answer = model.predict(pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in images]}))
     assert list(answer.columns) == ["label", "score", "p_real", "p_synthetic"]
     assert set(answer["label"]) <= {"real", "synthetic"} and np.allclose(answer["p_real"] + answer["p_synthetic"], 1, atol=1e-5)
-    done = register({"parent_run": result.run_id})
-    assert done.name == f"{digits['real'].name}-detector" and done.run_id == train_run
+    done = register({"parent_run": run.info.run_id})
+    assert done.name == f"{digits['real'].name}-detector" and done.run_id == train_run and done.moved
 
 
 def test_bad_input_is_one_line_and_leaves_no_run(digits, experiment, tmp_path):
@@ -246,8 +257,12 @@ def test_bad_input_is_one_line_and_leaves_no_run(digits, experiment, tmp_path):
     few = tmp_path / "few"
     _write(sorted((digits["copy"] / "1").iterdir())[:2], few)
     cases.append((["--synthetic-data", str(few)], "too few synthetic images"))
+    # one class empty: a folder of generated images that holds none
+    (tmp_path / "empty").mkdir()
+    cases.append((["--synthetic-data", str(tmp_path / "empty")], "holds no images"))
     # nothing, or both
     cases.append(([], "neither of synthetic_runs and synthetic_data"))
+    cases.append((["--synthetic-data", str(digits["copy"]), "--synthetic-runs", foreign], "both of synthetic_runs and synthetic_data"))
     cases.append((["--synthetic-data", str(tmp_path / "missing")], "is not a folder"))
     cases.append((["--synthetic-data", str(digits["copy"]), "--model", "resnet5O"], "did you mean resnet50"))
     for extra, message in cases:
