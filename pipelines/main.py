@@ -124,6 +124,9 @@ def main(params: dict) -> dict:
     params = {**DEFAULTS, **params}
     ratios, augments, seeds = parse_ratios(params["ratios"]), parse_augments(params["augments"]), parse_seeds(params["seeds"])
     kinds, _ = parse_corruptions(params["corruptions"]), parse_severities(params["severities"])
+    from models.classifiers import check_model_name
+
+    check_model_name(params["model"])  # before any run, not inside the first cell
     synthetic_run, synthetic_data = optional(params["synthetic_run"]), optional(params["synthetic_data"])
     if synthetic_run and synthetic_data:
         raise InputError("both synthetic_run and synthetic_data given; pass one of them (or neither, to synthesize with --generator).")

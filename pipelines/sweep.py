@@ -282,6 +282,9 @@ def sweep(params: dict, *, nested: bool = False, run_name: str | None = None, re
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = {**DEFAULTS, **params}
     space = load_space(optional(params["space"]))
+    from models.classifiers import check_model_name
+
+    check_model_name(params["model"])  # before any trial
     if params["metric"] == "val_robust/acc":
         from pipelines.train import parse_val_corruption
 
