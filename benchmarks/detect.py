@@ -3,7 +3,7 @@ with and without the blur+JPEG augmentation of Wang et al. (CVPR 2020).
 
     .venv/bin/python benchmarks/detect.py [--model resnet50] [--epochs 3] [--per-class 100]
 
-What runs: the synthesize stage trains each generator (vae, dcgan, ddpm) with
+What runs (unless --synthetic-runs names earlier synthesis runs): the synthesize stage trains each generator (vae, dcgan, ddpm) with
 its defaults on mnist5k's 4,000 real train digits and writes --per-class
 images per class (quality scores off). Then the detect stage, once without
 augmentation and once with `pipelines.detect.WANG_RECIPE` (defocus blur and
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50", help="detector architecture (any torchvision model or smallcnn)")
     parser.add_argument("--epochs", type=int, default=3, help="detector training epochs")
     parser.add_argument("--tracking-uri", default="", help="MLflow tracking URI to keep the runs in; default: a temporary sqlite store")
+    parser.add_argument("--synthetic-runs", default="", help="comma-separated synthesize runs (in --tracking-uri) to use instead of synthesizing, in --generators order")
     args = parser.parse_args()
 
     folder = tempfile.mkdtemp(prefix="synthmix-detect-bench-")
@@ -49,8 +50,8 @@ def main() -> None:
     from pipelines.detect import WANG_RECIPE, detect
     from pipelines.synthesize import synthesize
 
-    runs, synth_seconds = [], {}
-    for generator in args.generators.split(","):
+    runs, synth_seconds = [run for run in args.synthetic_runs.split(",") if run], {}
+    for generator in args.generators.split(",") if not runs else []:
         started = time.perf_counter()
         result = synthesize({"data": "mnist5k", "generator": generator, "per_class": args.per_class, "quality": False, "seed": 0}, reuse=True)
         synth_seconds[generator] = time.perf_counter() - started

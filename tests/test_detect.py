@@ -265,8 +265,14 @@ def test_bad_input_is_one_line_and_leaves_no_run(digits, experiment, tmp_path):
     cases.append((["--synthetic-data", str(digits["copy"]), "--synthetic-runs", foreign], "both of synthetic_runs and synthetic_data"))
     cases.append((["--synthetic-data", str(tmp_path / "missing")], "is not a folder"))
     cases.append((["--synthetic-data", str(digits["copy"]), "--model", "resnet5O"], "did you mean resnet50"))
-    for extra, message in cases:
-        done = run_cli("detect", "--data", str(digits["real"]), "--model", "smallcnn", *extra)
-        assert done.returncode == 2, (extra, done.stderr[-2000:])
-        assert message in done.stderr and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, (extra, done.stderr)
+    from click.testing import CliRunner
+
+    from pipelines.detect import command
+
+    for extra, message in cases[1:]:  # in-process: the same click command, without a process start per case
+        done = CliRunner().invoke(command, ["--data", str(digits["real"]), "--model", "smallcnn", *extra])
+        assert done.exit_code == 2, (extra, done.output[-2000:])
+        assert message in done.output and done.output.startswith("error: ") and done.output.count("\n") == 1, (extra, done.output)
+    done = run_cli("detect", "--data", str(digits["real"]), "--model", "smallcnn", *cases[0][0])  # and once as a user types it
+    assert done.returncode == 2 and cases[0][1] in done.stderr and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert runs_of(experiment, "detect") == [] and runs_of(experiment, "train") == []
