@@ -289,7 +289,8 @@ def _work(run, params: dict, manifest, generators: dict, sources: dict, note: st
         table.index.name = "trained_on"
         mlflow.log_text(table.to_csv(float_format="%.4f"), "transfer/auc.csv")
         figure = heatmap_figure(table, f"{name}\nheld-out ROC AUC; off-diagonal mean {metrics['detect/transfer_auc']:.3f}",
-                                xlabel="tested on (generator's held-out images vs real test images)", ylabel="trained on", colour_label="ROC AUC", vmin=0.5)
+                                xlabel="tested on (generator's held-out images vs real test images)", ylabel="trained on",
+                                colour_label="ROC AUC (0.5 chance; below: ranks them backwards)")
         log_figure(figure, "transfer/auc.png")
 
     mlflow.log_metrics(metrics)
