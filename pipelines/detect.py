@@ -297,6 +297,8 @@ def _work(run, params: dict, manifest, generators: dict, sources: dict, note: st
     summary = f"test/auc {metrics['test/auc']:.4f}  test/acc {metrics['test/acc']:.4f}  test/ap {metrics['test/ap']:.4f}"
     if "detect/transfer_auc" in metrics:
         summary += f"  detect/transfer_auc {metrics['detect/transfer_auc']:.4f}"
+    mlflow.set_tag("mlflow.note.content", f"Real-vs-synthetic detector ({params['model']}) on {', '.join(generators)}: held-out {summary}. "
+                                          f"Model: {model_uri}; register it with `python -m pipelines register --parent-run {run.info.run_id}`.")
     print(f"[synthmix] detector {summary}; model {model_uri}", flush=True)
     return metrics, {"train_run": trained.run_id}
 
