@@ -67,9 +67,11 @@ def main() -> None:
         matrix = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="transfer/auc.csv"), index_col=0)
         outputs[arm] = (matrix, result.metrics, seconds)
 
+    metrics = next(iter(outputs.values()))[1]
     print()
     print(f"mnist5k, {args.per_class} synthetic images per class and generator (generators' default settings), "
-          f"detector {args.model}, {args.epochs} epochs, seed 0; held-out test: 500 real digits (balanced per class against each generator's test images)")
+          f"detector {args.model}, {args.epochs} epochs, seed 0; held-out test of the pooled detector: {metrics['data/test_real']:.0f} real "
+          f"and {metrics['data/test_synthetic']:.0f} synthetic digits (balanced per class); a matrix cell: one generator's share of them against the real ones")
     print()
     for arm, (matrix, metrics, seconds) in outputs.items():
         print(f"augment {arm} ({arms[arm] or 'no augmentation'}); {seconds:.0f} s")
