@@ -162,17 +162,12 @@ def corrupt(
     None takes the one nearest the images' size (`table_for_size`).
     """
     batch, grey_2d = _as_nhwc(images)
-    _check_kind_severity(kind, severity)
-    table = _check_table(table) if table is not None else table_for_size(max(min(batch.shape[1:3]), 1))
-    level = _resolve_level(kind, severity, level, table)
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
-        if len(labels) != len(batch):
-            raise InputError(f"labels has {len(labels)} entries for {len(batch)} images; pass one label per image.")
+    level, entry = _resolve_call(kind, severity, level, table, min(batch.shape[1:3]), len(batch), labels)
     if batch.size == 0:
         return images.copy()
     rng = np.random.default_rng(seed)
-    entry = _table_params(kind, table)[severity - 1] if kind in IMAGENET_C_KINDS else None
     out = _FAMILIES[kind](batch, entry, level, rng, labels)
     return out[..., 0] if grey_2d else out
 
@@ -321,6 +316,17 @@ def _check_table(table: str) -> str:
     if table not in TABLES:
         raise InputError(f"unknown severity table {table!r}; use one of {', '.join(TABLES)} (published at {', '.join(f'{size} px' for size in TABLE_SIZES.values())}) or leave it unset to choose by image size.")
     return table
+
+
+def _resolve_call(kind: str, severity: int, level: float | None, table: str | None, side: int, count: int, labels) -> tuple[float | None, object]:
+    """(level, table entry) of one corruption call on `count` images of shorter side `side`, after
+    checking the kind, severity, table and the number of labels; both paths (NumPy, torch) use it."""
+    _check_kind_severity(kind, severity)
+    table = _check_table(table) if table is not None else table_for_size(max(int(side), 1))
+    level = _resolve_level(kind, severity, level, table)
+    if labels is not None and len(labels) != count:
+        raise InputError(f"labels has {len(labels)} entries for {count} images; pass one label per image.")
+    return level, (_table_params(kind, table)[severity - 1] if kind in IMAGENET_C_KINDS else None)
 
 
 def _resolve_level(kind: str, severity: int, level: float | None, table: str) -> float | None:
@@ -1000,15 +1006,11 @@ def _corrupt_on_device(batch, kind: str, severity: int, *, seed: int, level: flo
     n, c, h, w = batch.shape
     if c not in (1, 3):
         raise InputError(f"images must have 1 or 3 channels; got a tensor of shape {tuple(batch.shape)}.")
-    table = _check_table(table) if table is not None else table_for_size(max(min(h, w), 1))
-    level = _resolve_level(kind, severity, level, table)
     if labels is not None:
         labels = torch.as_tensor(labels).reshape(-1)
-        if len(labels) != n:
-            raise InputError(f"labels has {len(labels)} entries for {n} images; pass one label per image.")
+    level, entry = _resolve_call(kind, severity, level, table, min(h, w), n, labels)
     if batch.numel() == 0:
         return batch.clone()
-    entry = _table_params(kind, table)[severity - 1] if kind in IMAGENET_C_KINDS else None
     generator = torch.Generator(device=batch.device)
     generator.manual_seed(int(seed) % 2**63)
     return _DEVICE_FAMILIES[kind](batch.detach(), entry, level, generator, labels)

@@ -151,6 +151,13 @@ def _scan_files(root: Path, files: list[Path], max_pixels: int) -> dict[Path, tu
     return results
 
 
+def _refuse_bad_files(root: Path, bad: list[tuple[str, str]], skip_bad_images: bool) -> None:
+    """InputError listing the unusable files (relative path, reason), unless they are to be skipped."""
+    if bad and not skip_bad_images:
+        listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise InputError(f"{len(bad)} file(s) in {root} are not usable images: {listing}. Remove them or pass --skip-bad-images.")
+
+
 def scan_folder(
     data: str | os.PathLike,
     *,
@@ -211,9 +218,7 @@ def scan_folder(
 
     scanned = _scan_files(root, [row[0] for row in rows], max_pixels)
     bad = [(str(path.relative_to(root)), scanned[path][1]) for path, _, _ in rows if scanned[path][1]]
-    if bad and not skip_bad_images:
-        listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise InputError(f"{len(bad)} file(s) in {root} are not usable images: {listing}. Remove them or pass --skip-bad-images.")
+    _refuse_bad_files(root, bad, skip_bad_images)
     # skipping must not silently drop a class: the run would go on with fewer classes than the folder has
     reasons = dict(bad)
     by_class: dict[tuple[str, str], list[str]] = {}
@@ -264,9 +269,7 @@ def scan_flat_folder(data: str | os.PathLike, *, skip_bad_images: bool = False, 
         raise InputError(f"{root} holds no images (files ending in {', '.join(sorted(IMAGE_SUFFIXES))}); add them, or point at the folder that holds them.")
     scanned = _scan_files(root, images, max_pixels)
     bad = [(str(path.relative_to(root)), scanned[path][1]) for path in images if scanned[path][1]]
-    if bad and not skip_bad_images:
-        listing = "; ".join(f"{path} ({reason})" for path, reason in bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
-        raise InputError(f"{len(bad)} file(s) in {root} are not usable images: {listing}. Remove them or pass --skip-bad-images.")
+    _refuse_bad_files(root, bad, skip_bad_images)
     reasons = dict(bad)
     frame = pd.DataFrame([
         {"path": str(path.relative_to(root)), "label": "", "split": "", "source": "real", "run_id": "", "sha256": scanned[path][0]}

@@ -144,10 +144,9 @@ def _adapt_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
 class InputAdapter(nn.Module):
     """A torchvision model fed the dataset's own images: grey repeated to RGB, resized when the model needs it."""
 
-    def __init__(self, network: nn.Module, in_channels: int, resize_to: int | None):
+    def __init__(self, network: nn.Module, resize_to: int | None):
         super().__init__()
         self.network = network
-        self.in_channels = in_channels
         self.resize_to = resize_to
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,7 +212,7 @@ def build_classifier(
         if in_channels not in (1, 3):
             raise InputError(f"{name} takes 1- or 3-channel images, not {in_channels}; pass --channels 1 or 3.")
         inner = _torchvision_network(name, num_classes)
-        model = InputAdapter(inner, in_channels, input_size(name, inner, image_size))
+        model = InputAdapter(inner, input_size(name, inner, image_size))
     if pretrained:
         inner.load_state_dict(_adapt_state(load_pretrained_state(name), inner), strict=False)
     if weights:
