@@ -96,6 +96,11 @@ def test_a_different_seed_gives_a_different_corruption(kind, seed):
 # severities 1 and 2 (4 and 5) differ in a sub-pixel pre-blur that softens the shuffle, and pixelate
 # shows 32 px in 28 blocks at severity 2 but 27 at 3. At 28..32 px they are checked on the 224 px table.
 UNORDERED_IN_SMALL_TABLES = ("elastic_transform", "glass_blur", "pixelate")
+# ImageNet-C's own glass blur is not ordered at 224 px either: severity 4 (jumps up to 3 px, 2 passes)
+# moves pixels less than severity 3 (2 px, 3 passes), and 2 about as much as 1 (imagecorruptions
+# 1.1.2 on the fidelity crops: 9.22 9.24 12.25 11.84 12.72 grey levels, tests/data/corruption_reference.json).
+# Ours does the same passes, so a severity may distort up to this much less than the one before.
+GLASS_SLACK = 0.2  # seen: down to 0.885 of the severity before, over 50 seeds at 28 and 32 px
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -110,7 +115,7 @@ def test_distortion_grows_with_severity(kind, seed):
         # CIFAR-10-C's motion blur severities 3 and 4, (6, 2) and (8, 2), differ only in taps 7 and 8
         # of a sigma-2 streak (weights under 0.3%): their distortions agree to within a few pixels
         # rounded the other way, so they are held equal within 0.05%
-        slack = 5e-4 if kind == "motion_blur" else 0.0
+        slack = 5e-4 if kind == "motion_blur" else GLASS_SLACK if kind == "glass_blur" else 0.0
         if kind != "frost":  # see test_frost_blends_more_frost_with_severity
             assert all(b >= a * (1 - slack) for a, b in zip(distortions, distortions[1:])), f"{kind}: {np.round(distortions, 2)}"
 
@@ -121,7 +126,7 @@ def test_distortion_grows_with_severity_at_224_px():
         distortions = [distortion(images, corrupt(images, kind, s, seed=0, labels=np.array([0, 1]))) for s in range(1, 6)]
         # ImageNet-C's own snow distorts these images a little less at severity 3 than at 2
         # (imagecorruptions 1.1.2, 6 seeds: 72.9 vs 73.9 grey levels)
-        slack = 0.03 if kind == "snow" else 0.0
+        slack = 0.03 if kind == "snow" else GLASS_SLACK if kind == "glass_blur" else 0.0
         if kind == "frost":
             continue  # see test_frost_blends_more_frost_with_severity
         assert all(b >= a * (1 - slack) for a, b in zip(distortions, distortions[1:])), f"{kind}: {np.round(distortions, 2)}"
