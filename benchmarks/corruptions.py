@@ -20,9 +20,9 @@ user gets by default (CIFAR-10-C's at 32 px), which does different work
 alternating, so that a slow spell of the machine lands on both; the columns
 are the medians over rounds, and the speed-up column is the median of the
 rounds' ours / theirs. Families that imagecorruptions
-lacks (salt_pepper, gradient_noise, blend) show "-". Our glass_blur is an
-approximation of theirs (see imaging/corruptions.py), so its speed-up is not
-like for like.
+lacks (salt_pepper, gradient_noise, blend) show "-". Our glass_blur does
+their per-pixel pass as whole-array gathers (see imaging/corruptions.py), the
+same operation on a different draw of offsets.
 
 imagecorruptions is not a dependency: install it only to compare,
     .venv/bin/pip install --no-deps imagecorruptions scikit-image lazy_loader imageio tifffile

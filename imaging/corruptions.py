@@ -47,9 +47,12 @@ Differences from the published code, all deliberate:
   follows `imagecorruptions`, without the original's affine (its size peaks at
   severity 2, so distortion did not grow with severity): alpha 12.5..30 times
   noise of +-1.12 px smoothed by 2.24 px.
-- glass_blur moves every pixel by a random walk of `jumps` uniform jumps of up
-  to the table's largest jump (bilinear) between its two blurs, in place of the
-  original's sequential pixel swaps, which take seconds per 224 px image.
+- glass_blur does the original's pixel pass between its two blurs as whole-array
+  gathers, in place of its per-pixel Python loop (seconds per 224 px image): the
+  same integer offsets (numpy's randint(-d, d), so -d .. d - 1), the same band of
+  pixels, and the same one-way copies chained in reverse raster order (the
+  original's tuple "swap" of numpy views copies one way only), so the image also
+  drifts by about half a pixel per pass, as in the published data.
 - gaussian noise comes from a 65,536-entry inverse-CDF table (tails cut at
   4.3 sigma, 1 sample in 65,000); shot noise from a 4,096-entry Poisson
   quantile table per input value (only the rarest 1/8192 of draws differ).
@@ -59,7 +62,10 @@ Differences from the published code, all deliberate:
   ratio is not whole, which made severity 1 distort MNIST more than 2.
 - fog strengths at 224 px are 1.5 2 2.5 3 3.5 (ImageNet-C: 1.5 2 2.5 2.5 3, whose
   severities 3..5 distort about equally, in an order that varies with the seed).
-- zoom_blur magnifies about the exact centre; the zooms are the scripts'
+- zoom_blur magnifies on the scripts' own grid (clipped_zoom: the central
+  ceil(side / zoom) px enlarged by scipy.ndimage.zoom, order 1), which is anchored
+  at the crop's corner, so each zoom also shifts the image by up to a few pixels;
+  at 32 px that shift is half of severity 1's distortion. The zooms are the scripts'
   numpy.arange(1, stop, step), quirks included (224 px severity 1: 1.00..1.11).
 - outputs are rounded to the nearest integer (imagecorruptions truncates).
 snow follows the reference exactly in method: a normal field drawn at
@@ -461,18 +467,28 @@ def _streak_each(batch: np.ndarray, angles_deg: np.ndarray, radius: int, sigma: 
     return out
 
 
+def _zoom_positions(side: int, zoom: float) -> np.ndarray:
+    """(side,) float32: where each output sample of ImageNet-C's clipped_zoom reads along one axis.
+    The central ceil(side / zoom) samples are enlarged to round(crop * zoom) on
+    scipy.ndimage.zoom's order-1 grid (output o reads crop sample o * (crop - 1) / (out - 1)) and
+    the central `side` kept. The enlargement is anchored at the crop's first sample, not the
+    image's centre, so small images also shift by up to a few pixels, as in the published data."""
+    crop = max(int(math.ceil(side / zoom)), 1)
+    zoomed = max(int(round(crop * zoom)), side)
+    trim = (zoomed - side) // 2
+    return ((side - crop) // 2 + np.arange(trim, trim + side) * ((crop - 1) / max(zoomed - 1, 1))).astype(np.float32)
+
+
 def _zoom_sum(batch: np.ndarray, zooms: np.ndarray) -> np.ndarray:
-    """Sum over `zooms` of every float32 NHWC image magnified about its centre (bilinear)."""
+    """Sum over `zooms` of every float32 NHWC image magnified as ImageNet-C's clipped_zoom does (bilinear)."""
     n, h, w, c = batch.shape
     stacked = batch.reshape(n * h, w, c)
     total = np.zeros_like(stacked)
-    rows = np.arange(h, dtype=np.float32) - (h - 1) / 2
-    cols = np.arange(w, dtype=np.float32) - (w - 1) / 2
     tile_top = (np.arange(n, dtype=np.float32) * h)[:, None]
     for zoom in zooms:
         # one remap over the stacked images: every output pixel reads inside its own image
-        map_x = np.broadcast_to(cols / zoom + (w - 1) / 2, (n * h, w))
-        map_y = (tile_top + (rows / zoom + (h - 1) / 2)).reshape(n * h, 1)
+        map_x = np.broadcast_to(_zoom_positions(w, zoom), (n * h, w))
+        map_y = (tile_top + _zoom_positions(h, zoom)).reshape(n * h, 1)
         map_y = np.broadcast_to(map_y, (n * h, w))
         total += cv2.remap(stacked, np.ascontiguousarray(map_x, np.float32), np.ascontiguousarray(map_y, np.float32), cv2.INTER_LINEAR).reshape(total.shape)
     return total.reshape(n, h, w, c)
@@ -703,14 +719,29 @@ def _defocus_blur(batch, entry, level, rng, labels):
 
 def _glass_blur(batch, entry, level, rng, labels):
     sigma, step, jumps = entry
-    n, h, w, _ = batch.shape
-    blurred = _gaussian_each(batch.astype(np.float32), sigma, sigma)
-    # every pixel reads from the end of a random walk of `jumps` uniform jumps
-    walk = (rng.random((2, jumps, n, h, w), dtype=np.float32) * 2 - 1).sum(axis=1) * step
-    map_x = np.arange(w, dtype=np.float32) + walk[0]
-    map_y = np.arange(h, dtype=np.float32)[:, None] + walk[1]
-    shuffled = _remap_each(blurred, map_x, map_y, cv2.BORDER_REFLECT)
-    return _to_uint8(_gaussian_each(shuffled, sigma, sigma))
+    n, h, w, c = batch.shape
+    pixels = _to_uint8(_gaussian_each(batch.astype(np.float32), sigma, sigma)).reshape(n, h * w, c)
+    # ImageNet-C's pass: for the pixels (step, h - step] x (step, w - step], in reverse raster
+    # order, (y, x) takes the value now at (y + dy, x + dx), dy and dx drawn from numpy's
+    # randint(-step, step) (-step .. step - 1). Its tuple "swap" of numpy views copies one way
+    # only, and the draws lean to one side, so the image also drifts by about half a pixel a pass.
+    # Done whole: a pixel whose source was visited before it in the pass (later in raster order,
+    # inside the band) reads what that source read, and so on along the chain.
+    rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
+    band = np.tile(((rows > step) & (rows <= h - step) & (cols > step) & (cols <= w - step)).reshape(-1), n)
+    here = np.arange(n * h * w, dtype=np.int64)  # flat index of every pixel of the batch
+    for _ in range(jumps):
+        offsets = rng.integers(-step, step, (2, n * h * w), dtype=np.int16)
+        target = np.where(band, here + offsets[0].astype(np.int64) * w + offsets[1], here)  # outside the band: itself
+        source = target.copy()
+        # readers whose source was visited before them (with offsets -1 and 0 only, none is)
+        chained = np.flatnonzero(band[target] & (target > here)) if step > 1 else here[:0]
+        while chained.size:
+            passed = source[chained]
+            source[chained] = target[passed]
+            chained = chained[band[target[passed]] & (target[passed] > passed)]
+        pixels = pixels.reshape(n * h * w, c)[source]
+    return _to_uint8(_gaussian_each(pixels.reshape(n, h, w, c).astype(np.float32), sigma, sigma))
 
 
 def _motion_blur(batch, entry, level, rng, labels):
@@ -788,9 +819,9 @@ def _frost_picture(name: str, scale: float, channels: int) -> np.ndarray:
         from PIL import Image
 
         picture = Image.open(Path(__file__).with_name("frost") / name).convert("RGB" if channels == 3 else "L")
-        if scale != 1:
-            picture = picture.resize((int(picture.width * scale), int(picture.height * scale)), Image.Resampling.BILINEAR)
         array = np.asarray(picture, dtype=np.float32)
+        if scale != 1:  # as the scripts shrink them: OpenCV's bilinear, which samples without averaging
+            array = cv2.resize(array, (0, 0), fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
         _frost_cache[key] = array[..., None] if array.ndim == 2 else array
     return _frost_cache[key]
 
