@@ -729,28 +729,36 @@ def _defocus_blur(batch, entry, level, rng, labels):
 def _glass_blur(batch, entry, level, rng, labels):
     sigma, step, jumps = entry
     n, h, w, c = batch.shape
-    pixels = _to_uint8(_gaussian_each(batch.astype(np.float32), sigma, sigma)).reshape(n, h * w, c)
-    # ImageNet-C's pass: for the pixels (step, h - step] x (step, w - step], in reverse raster
-    # order, (y, x) takes the value now at (y + dy, x + dx), dy and dx drawn from numpy's
-    # randint(-step, step) (-step .. step - 1). Its tuple "swap" of numpy views copies one way
-    # only, and the draws lean to one side, so the image also drifts by about half a pixel a pass.
-    # Done whole: a pixel whose source was visited before it in the pass (later in raster order,
-    # inside the band) reads what that source read, and so on along the chain.
+    pixels = _to_uint8(_gaussian_each(batch.astype(np.float32), sigma, sigma))
+    for _ in range(jumps):
+        dy, dx = rng.integers(-step, step, (2, n, h, w), dtype=np.int16)  # numpy's randint(-step, step): -step .. step - 1
+        pixels = _glass_pass(pixels, dy, dx, step)
+    return _to_uint8(_gaussian_each(pixels.astype(np.float32), sigma, sigma))
+
+
+def _glass_pass(pixels: np.ndarray, dy: np.ndarray, dx: np.ndarray, step: int) -> np.ndarray:
+    """One pass of ImageNet-C's glass-blur shuffle over NHWC `pixels`, as whole-array gathers.
+
+    The scripts visit the pixels (step, h - step] x (step, w - step] in reverse raster order and
+    run `x[y, x], x[y + dy, x + dx] = x[y + dy, x + dx], x[y, x]` on numpy views of the pixels'
+    channels, which copies one way only: (y, x) takes the value then at (y + dy, x + dx). A pixel
+    whose source was visited before it (later in raster order, inside the band) so reads what that
+    source read, and so on along the chain; the chains are followed here, so the result is the
+    scripts' for the same offsets (`dy`, `dx`: (N, H, W) per pixel, used inside the band only).
+    """
+    n, h, w, c = pixels.shape
     rows, cols = np.arange(h)[:, None], np.arange(w)[None, :]
     band = np.tile(((rows > step) & (rows <= h - step) & (cols > step) & (cols <= w - step)).reshape(-1), n)
     here = np.arange(n * h * w, dtype=np.int64)  # flat index of every pixel of the batch
-    for _ in range(jumps):
-        offsets = rng.integers(-step, step, (2, n * h * w), dtype=np.int16)
-        target = np.where(band, here + offsets[0].astype(np.int64) * w + offsets[1], here)  # outside the band: itself
-        source = target.copy()
-        # readers whose source was visited before them (with offsets -1 and 0 only, none is)
-        chained = np.flatnonzero(band[target] & (target > here)) if step > 1 else here[:0]
-        while chained.size:
-            passed = source[chained]
-            source[chained] = target[passed]
-            chained = chained[band[target[passed]] & (target[passed] > passed)]
-        pixels = pixels.reshape(n * h * w, c)[source]
-    return _to_uint8(_gaussian_each(pixels.reshape(n, h, w, c).astype(np.float32), sigma, sigma))
+    target = np.where(band, here + dy.reshape(-1).astype(np.int64) * w + dx.reshape(-1), here)  # outside the band: itself
+    source = target.copy()
+    # readers whose source was visited before them (with offsets -1 and 0 only, none is)
+    chained = np.flatnonzero(band[target] & (target > here))
+    while chained.size:
+        passed = source[chained]
+        source[chained] = target[passed]
+        chained = chained[band[target[passed]] & (target[passed] > passed)]
+    return pixels.reshape(n * h * w, c)[source].reshape(n, h, w, c)
 
 
 def _motion_blur(batch, entry, level, rng, labels):

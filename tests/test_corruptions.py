@@ -272,6 +272,26 @@ def test_grey_jpeg_in_one_mosaic_matches_one_file_per_image(shape):
     assert np.array_equal(corrupt(images, "jpeg_compression", 3, seed=0, table="imagenet"), expected)
 
 
+@pytest.mark.parametrize("step", [1, 2, 4])
+def test_glass_pass_is_the_scripts_per_pixel_loop(step):
+    from imaging.corruptions import _glass_pass
+
+    rng = np.random.default_rng(step)
+    n, h, w = 2, 17, 19
+    pixels = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    dy, dx = rng.integers(-step, step, (2, n, h, w))
+    expected = pixels.copy()
+    for i in range(n):  # make_imagenet_c.py's loop, verbatim but for the offsets' source (a square image there)
+        x = expected[i]
+        for row in range(h - step, step, -1):
+            for col in range(w - step, step, -1):
+                row_prime, col_prime = row + dy[i, row, col], col + dx[i, row, col]
+                x[row, col], x[row_prime, col_prime] = x[row_prime, col_prime], x[row, col]
+    out = _glass_pass(pixels, dy, dx, step)
+    assert not np.array_equal(expected, pixels)
+    assert np.array_equal(out, expected)
+
+
 def test_brightness_keeps_hue_and_saturation():
     images = photos()[:4]
     hsv = cv2.cvtColor(images.reshape(-1, 32, 3), cv2.COLOR_RGB2HSV).astype(int)
