@@ -977,6 +977,11 @@ def _pixelate(batch, entry, level, rng, labels):
     n, h, w, c = batch.shape
     small_h, small_w = max(int(h * level), 1), max(int(w * level), 1)
     row_block, col_block = _block_of(h, small_h), _block_of(w, small_w)
+    if h % small_h == 0 and w % small_w == 0:
+        # blocks of one size: OpenCV's INTER_AREA gives the same means (rounded to nearest; a tie
+        # goes up or to even depending on the factor) from its integer-factor code, several times faster
+        small = cv2.resize(batch.reshape(n * h, w, c), (small_w, n * small_h), interpolation=cv2.INTER_AREA)
+        return _pixelate_enlarge(small.reshape(n, small_h, small_w, c), row_block, col_block, w)
     row_edges = np.searchsorted(row_block, np.arange(small_h + 1))  # first pixel of each block, then h
     col_edges = np.searchsorted(col_block, np.arange(small_w + 1))
     shares = (1.0 / (np.diff(row_edges)[:, None, None] * np.diff(col_edges)[None, :, None])).astype(np.float32)
@@ -994,7 +999,13 @@ def _pixelate(batch, entry, level, rng, labels):
         # means lie in 0..255: rounded to nearest (ties to even) without clipping
         means = np.multiply(sums, shares, dtype=np.float32)
         small[start : start + chunk] = np.rint(means, out=means)
-    # enlarge: columns of the small rows by one nearest-neighbour resize of the stack, then whole rows by one gather
+    return _pixelate_enlarge(small, row_block, col_block, w)
+
+
+def _pixelate_enlarge(small: np.ndarray, row_block: np.ndarray, col_block: np.ndarray, w: int) -> np.ndarray:
+    """Each block of `small` (NHWC) repeated over its pixels: columns by one nearest-neighbour
+    resize of the stacked rows, then whole rows by one gather."""
+    n, small_h, small_w, c = small.shape
     stack = small.reshape(n * small_h, small_w, c)
     if _nearest_exact_shows(w, small_w):
         wide = cv2.resize(stack, (w, n * small_h), interpolation=cv2.INTER_NEAREST_EXACT)

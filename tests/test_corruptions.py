@@ -258,11 +258,22 @@ def test_noise_families_have_their_published_statistics():
     assert abs((impulse == 0).mean() - 0.085) < 0.005 and abs((impulse == 255).mean() - 0.085) < 0.005
 
 
-def test_pixelate_shows_each_block_mean():
-    images = np.random.default_rng(0).integers(0, 256, (2, 10, 10, 1), dtype=np.uint8)
-    out = corrupt(images, "pixelate", 2, seed=0, table="imagenet")  # 0.5: 10 px -> 5 blocks of 2 px
-    blocks = images.reshape(2, 5, 2, 5, 2).astype(np.float64).mean(axis=(2, 4))
-    assert np.abs(out[..., 0].astype(np.float64) - np.repeat(np.repeat(blocks, 2, 1), 2, 2)).max() <= 0.5
+@pytest.mark.parametrize("shape, level", [((2, 10, 10, 1), 0.5), ((3, 24, 16, 3), 0.25), ((2, 10, 10, 1), 0.6), ((3, 32, 20, 3), 0.85)])
+def test_pixelate_shows_each_block_mean(shape, level):
+    # whole-number factors (10 -> 5, 24 -> 6) take OpenCV's INTER_AREA, the others block sums;
+    # both show, over every pixel, the mean of its block (PIL's BOX blocks: runs of whole pixels)
+    n, h, w, c = shape
+    images = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    out = corrupt(images, "pixelate", 1, seed=0, level=level).astype(np.float64)
+    rows = ((np.arange(h) + 0.5) * int(h * level) / h).astype(int)
+    cols = ((np.arange(w) + 0.5) * int(w * level) / w).astype(int)
+    expected = np.empty(shape)
+    for r in range(rows.max() + 1):
+        for q in range(cols.max() + 1):
+            block = np.ix_(rows == r, cols == q)
+            expected[:, block[0], block[1]] = images[:, block[0], block[1]].mean(axis=(1, 2), keepdims=True)
+    assert np.abs(out - expected).max() <= 0.5
+    assert len(np.unique(out[0, ..., 0])) <= (rows.max() + 1) * (cols.max() + 1)
 
 
 @pytest.mark.parametrize("shape", [(5, 28, 28), (7, 13, 21), (3, 8, 8)])
