@@ -7,9 +7,8 @@ script's own units and order, severities 1..5. All three scripts define all 15 f
 here (speckle, spatter, saturate and Gaussian blur are left out), so `params` never has
 to fall back to another table today; it would take the nearest size that has the family.
 
-Two entries of the 224 px table are deliberately not the script's (module docstring of
-imaging.corruptions says why): fog strengths 1.5 2 2.5 3 3.5 (script: 1.5 2 2.5 2.5 3), and
-elastic_transform follows `imagecorruptions` (noise +-0.5% of the side, alpha 12.5..30,
+One entry of the 224 px table is deliberately not the script's (module docstring of
+imaging.corruptions says why): elastic_transform follows `imagecorruptions` (noise +-0.5% of the side, alpha 12.5..30,
 smoothing 1% of the side, no affine) written in the scripts' (alpha, sigma, affine) form for
 uniform noise in [-1, 1] at 224 px: alpha = 1.12 px x (12.5, 16.25, 21.25, 25, 30).
 """
@@ -95,7 +94,7 @@ TABLES: dict[str, dict[str, tuple]] = {
         "pixelate": (0.9, 0.8, 0.7, 0.6, 0.5),
         "jpeg_compression": (65, 58, 50, 40, 25),
     },
-    "imagenet": {  # make_imagenet_c.py, less the two entries the module docstring names
+    "imagenet": {  # make_imagenet_c.py, less the elastic entry the module docstring names
         "gaussian_noise": (0.08, 0.12, 0.18, 0.26, 0.38),
         "shot_noise": (60, 25, 12, 5, 3),
         "impulse_noise": (0.03, 0.06, 0.09, 0.17, 0.27),
@@ -110,10 +109,10 @@ TABLES: dict[str, dict[str, tuple]] = {
             (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
             (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
         ),
-        # script: (1.5, 2) (2, 2) (2.5, 1.7) (2.5, 1.5) (3, 1.4); its severities 3..5 distort
-        # within 2% of each other, in an order that varies with the random fog
         "frost": ((1, 0.4, 1.0), (0.8, 0.6, 1.0), (0.7, 0.7, 1.0), (0.65, 0.7, 1.0), (0.6, 0.75, 1.0)),
-        "fog": ((1.5, 2), (2, 2), (2.5, 1.7), (3, 1.5), (3.5, 1.4)),
+        # the script's own: severities 3..5 distort within a few % of each other, in an order
+        # that varies with the random fog (kept so that "severity 4" means ImageNet-C's)
+        "fog": ((1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)),
         "brightness": (0.1, 0.2, 0.3, 0.4, 0.5),
         "contrast": (0.4, 0.3, 0.2, 0.1, 0.05),
         # imagecorruptions' elastic (see above); the script's 244 * (2, 0.7, 0.1) ... peak at severity 2

@@ -60,8 +60,6 @@ Differences from the published code, all deliberate:
 - pixelate shows in each block the mean of exactly the pixels it covers; PIL's
   BOX resize (ImageNet-C) also mixes in slivers of neighbouring pixels when the
   ratio is not whole, which made severity 1 distort MNIST more than 2.
-- fog strengths at 224 px are 1.5 2 2.5 3 3.5 (ImageNet-C: 1.5 2 2.5 2.5 3, whose
-  severities 3..5 distort about equally, in an order that varies with the seed).
 - zoom_blur magnifies on the scripts' own grid (clipped_zoom: the central
   ceil(side / zoom) px enlarged by scipy.ndimage.zoom, order 1), which is anchored
   at the crop's corner, so each zoom also shifts the image by up to a few pixels;
