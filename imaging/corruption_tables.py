@@ -8,9 +8,10 @@ here (speckle, spatter, saturate and Gaussian blur are left out), so `params` ne
 to fall back to another table today; it would take the nearest size that has the family.
 
 One entry of the 224 px table is deliberately not the script's (module docstring of
-imaging.corruptions says why): elastic_transform follows `imagecorruptions` (noise +-0.5% of the side, alpha 12.5..30,
-smoothing 1% of the side, no affine) written in the scripts' (alpha, sigma, affine) form for
-uniform noise in [-1, 1] at 224 px: alpha = 1.12 px x (12.5, 16.25, 21.25, 25, 30).
+imaging.corruptions says why): elastic_transform follows `imagecorruptions` (noise +-0.5% of
+the side, alpha 12.5..30, smoothing 1% of the side, no affine) written in the scripts'
+(alpha, sigma, affine) form for uniform noise in [-1, 1] at 224 px:
+alpha = 1.12 px x (12.5, 16.25, 21.25, 25, 30).
 """
 from __future__ import annotations
 

@@ -474,16 +474,23 @@ def _filter_one(image: np.ndarray, kernel: np.ndarray, anchor: tuple[int, int], 
     return cv2.convertScaleAbs(filtered)  # the kernels are non-negative: |x| rounded and saturated
 
 
-def _zoom_positions(side: int, zoom: float) -> np.ndarray:
-    """(side,) float32: where each output sample of ImageNet-C's clipped_zoom reads along one axis.
-    The central ceil(side / zoom) samples are enlarged to round(crop * zoom) on
-    scipy.ndimage.zoom's order-1 grid (output o reads crop sample o * (crop - 1) / (out - 1)) and
-    the central `side` kept. The enlargement is anchored at the crop's first sample, not the
-    image's centre, so small images also shift by up to a few pixels, as in the published data."""
+def _clipped_zoom_grid(side: int, zoom: float) -> tuple[int, np.ndarray]:
+    """ImageNet-C's clipped_zoom along one axis: (crop, (side,) positions in the crop). The
+    central crop = ceil(side / zoom) samples are enlarged to round(crop * zoom) on
+    scipy.ndimage.zoom's order-1 grid (output o reads crop sample o * (crop - 1) / (out - 1)),
+    and the central `side` of those are kept."""
     crop = max(int(math.ceil(side / zoom)), 1)
     zoomed = max(int(round(crop * zoom)), side)
     trim = (zoomed - side) // 2
-    return ((side - crop) // 2 + np.arange(trim, trim + side) * ((crop - 1) / max(zoomed - 1, 1))).astype(np.float32)
+    return crop, np.arange(trim, trim + side) * ((crop - 1) / max(zoomed - 1, 1))
+
+
+def _zoom_positions(side: int, zoom: float) -> np.ndarray:
+    """(side,) float32: where each output sample of clipped_zoom reads in the image along one axis.
+    The enlargement is anchored at the crop's first sample, not the image's centre, so small
+    images also shift by up to a few pixels, as in the published data."""
+    crop, positions = _clipped_zoom_grid(side, zoom)
+    return ((side - crop) // 2 + positions).astype(np.float32)
 
 
 def _zoom_sum(batch: np.ndarray, zooms: np.ndarray) -> np.ndarray:
@@ -726,7 +733,7 @@ def _defocus_blur(batch, entry, level, rng, labels):
 
 def _glass_blur(batch, entry, level, rng, labels):
     sigma, step, jumps = entry
-    n, h, w, c = batch.shape
+    n, h, w, _ = batch.shape
     pixels = _to_uint8(_gaussian_each(batch.astype(np.float32), sigma, sigma))
     for _ in range(jumps):
         dy, dx = rng.integers(-step, step, (2, n, h, w), dtype=np.int16)  # numpy's randint(-step, step): -step .. step - 1
@@ -776,14 +783,9 @@ def _zoom_blur(batch, entry, level, rng, labels):
 
 
 def _zoom_matrix(side: int, zoom: float) -> np.ndarray:
-    """(side, crop) float32: ImageNet-C's clipped_zoom along one axis as a matrix. The central
-    ceil(side / zoom) samples are enlarged to round(crop * zoom) by linear interpolation on
-    scipy.ndimage.zoom's grid (output o reads input o * (crop - 1) / (out - 1)), and the
-    central `side` of those are kept."""
-    crop = max(int(math.ceil(side / zoom)), 1)
-    zoomed = max(int(round(crop * zoom)), side)
-    trim = (zoomed - side) // 2
-    positions = np.arange(trim, trim + side) * ((crop - 1) / max(zoomed - 1, 1))
+    """(side, crop) float32: ImageNet-C's clipped_zoom along one axis (`_clipped_zoom_grid`) as
+    a matrix of linear-interpolation weights on the crop's samples."""
+    crop, positions = _clipped_zoom_grid(side, zoom)
     low = np.minimum(np.floor(positions).astype(int), crop - 1)
     share = (positions - low).astype(np.float32)
     matrix = np.zeros((side, crop), np.float32)
