@@ -217,14 +217,14 @@ def corrupt_torch(batch, kind: str, severity: int, *, seed: int, level: float | 
     return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2))).to(batch.device)
 
 
-def severity_level(kind: str, severity: int, *, table: str | None = None) -> float | None:
+def severity_level(kind: str, severity: int, *, table: str | None = None, level: float | None = None) -> float | None:
     """The continuous level `kind` uses at `severity`; None where the family has no single one.
 
     `table` None means the 224 px table (ImageNet-C), as before tables by size; pass
     `table_for_size(side)` for the level that `corrupt` uses on images of that side.
     """
     _check_kind_severity(kind, severity)
-    return _resolve_level(kind, severity, None, _check_table(table if table is not None else "imagenet"))
+    return _resolve_level(kind, severity, level, _check_table(table if table is not None else "imagenet"))
 
 
 def table_for_size(size: int) -> str:
@@ -245,6 +245,39 @@ def replaced_pixels(images: np.ndarray, kind: str, severity: int, *, seed: int, 
     if kind == "salt_pepper":
         return _salt_pepper_masks(rng, batch.shape[:3], level)[0]
     return _gradient_noise_mask(batch, level, rng)
+
+
+def parse_kinds(text: str) -> list[str]:
+    """--corruptions: comma-separated kinds or 'all' (every family); empty: none."""
+    if not text or not str(text).strip():
+        return []
+    if str(text).strip() == "all":
+        return list(KINDS)
+    kinds = [k.strip() for k in str(text).split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        raise InputError(f"--corruptions has unknown kinds {unknown}; choose from {', '.join(KINDS)} or 'all'.")
+    return kinds
+
+
+def parse_severities(text: str) -> list[int]:
+    """--severities: comma-separated integers 1..5, sorted and without repeats."""
+    try:
+        severities = sorted({int(s) for s in str(text).split(",") if s.strip()})
+    except ValueError as error:
+        raise InputError(f"--severities {text!r} is not a comma-separated list of integers 1..5, e.g. 1,3,5.") from error
+    if not severities or any(s < 1 or s > 5 for s in severities):
+        raise InputError(f"--severities {text!r} must list integers from 1 to 5, e.g. 1,2,3,4,5.")
+    return severities
+
+
+def parse_val_corruption(text: str) -> tuple[str, int]:
+    """'salt_pepper:3' -> ('salt_pepper', 3); InputError names a bad one."""
+    parts = str(text).split(":")
+    if len(parts) != 2:
+        raise InputError(f"--val-corruption {text!r} is not kind:severity; write e.g. salt_pepper:3.")
+    spec = parse_augment(f"{parts[0]}:{parts[1]}:1")[0]
+    return spec.kind, spec.severity
 
 
 def parse_augment(spec: str) -> list[AugmentSpec]:

@@ -137,3 +137,28 @@ def encode_png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
+
+
+def encode_as(array: np.ndarray, image_format: str) -> bytes:
+    """uint8 HWC (C=1 or 3) as a JPEG (quality 95) or PNG file's bytes: the format of the images it stands beside."""
+    jpeg = str(image_format).upper() in ("JPEG", "JPG")
+    buffer = io.BytesIO()
+    Image.fromarray(array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array).save(buffer, format="JPEG" if jpeg else "PNG", **({"quality": 95} if jpeg else {}))
+    return buffer.getvalue()
+
+
+def write_as(root, relative: str, array: np.ndarray, image_format: str) -> str:
+    """Write `array` to root/relative in `image_format` (see encode_as); the sha256 of the file's bytes."""
+    import hashlib
+    from pathlib import Path
+
+    data = encode_as(array, image_format)
+    path = Path(root) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def suffix_for(image_format: str) -> str:
+    return ".jpg" if str(image_format).upper() in ("JPEG", "JPG") else ".png"
+

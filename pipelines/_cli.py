@@ -20,25 +20,41 @@ import click
 from imaging.errors import InputError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the runs end KILLED and a rerun of the command continues them."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def handle_errors(function):
-    """Bad input becomes one line on stderr and exit code 2; anything else a traceback and exit 1."""
+    """Bad input becomes one line on stderr and exit code 2; anything else a traceback and exit 1;
+    SIGINT and SIGTERM end the command's runs KILLED (exit 130 and 143)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        try:
-            from tracking.connect import check_tracking
+        import signal
 
-            check_tracking()  # an unreachable server is one line now, not minutes of retries
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            from tracking.connect import check_environment
+
+            check_environment()  # an unreachable or wrong store is one line now, not minutes of retries or a traceback
             return function(*args, **kwargs)
         except InputError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except KeyboardInterrupt as stop:
+            signal_name = "SIGTERM" if isinstance(stop, Terminated) else "SIGINT"
+            click.echo(f"[synthmix] stopped by {signal_name}; the runs it had open are KILLED, and the same command continues them.", err=True)
+            sys.exit(143 if isinstance(stop, Terminated) else 130)
 
     return wrapper
 
 
 def optional(value: str | None) -> str | None:
-    """MLproject passes '' for an unset optional parameter."""
+    """MLproject passes '' for an unset optional parameter (and MLflow logs it as '')."""
     return value if value not in ("", "''", '""', "none", "None", None) else None
 
 
@@ -62,6 +78,16 @@ def pick(params: list[click.Option], *names: str, **new_defaults) -> list[click.
             found.default = new_defaults[name]
         chosen.append(found)
     return chosen
+
+
+def passed_on(own: list[click.Option], values: dict, stage: list[click.Option], **overrides) -> dict:
+    """The parameters a stage hands to another it runs (`stage`, that stage's PARAMS): every parameter both
+    declare the same way (taken over with `pick`, or a shared one such as --device and the dataset
+    options, which every stage that reads the real data takes), then `overrides`. A namesake declared otherwise (the study's --epochs are the classifier's,
+    not the generator's) is not handed on."""
+    theirs = {(p.name, p.help) for p in stage}
+    names = {p.name for p in stage}
+    return {**{p.name: values[p.name] for p in own if (p.name, p.help) in theirs or (p.name in DATA_KEYS and p.name in names)}, **overrides}
 
 
 def stage_command(name: str, doc: str, params: list[click.Option], run) -> click.Command:

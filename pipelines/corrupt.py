@@ -34,12 +34,13 @@ def corrupt_split(params: dict, *, nested: bool = False, run_name: str | None = 
     from imaging.corruptions import severity_level
     from imaging.errors import InputError
     from tracking.lineage import load_manifest
-    from tracking.runs import get_or_run, quiet_mlflow
+    from tracking.runs import quiet_mlflow
+    from tracking.stage import cache_key, get_or_run
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
     level = None if params["level"] is None or params["level"] < 0 else float(params["level"])
-    severity_level(params["kind"], params["severity"])  # validates kind and severity before any work
+    severity_level(params["kind"], params["severity"], level=level)  # kind, severity and level are checked before any work
     if params["split"] not in ("train", "val", "test"):
         raise InputError(f"--split {params['split']!r} is not a split; use train, val or test.")
     manifest, _ = load_manifest(params)
@@ -49,70 +50,32 @@ def corrupt_split(params: dict, *, nested: bool = False, run_name: str | None = 
     name = run_name or f"corrupt-{manifest.name}-{params['split']}-{params['kind']}{params['severity']}-s{params['seed']}"
     all_tags = {"synthmix.corruption": params["kind"], "synthmix.severity": str(params["severity"]), **(tags or {})}
     return get_or_run(
-        "corrupt", {**params, "digest": manifest.digest}, lambda: lambda run: _write(run, params, manifest, chosen, level),
+        "corrupt", cache_key("corrupt", params, digest=manifest.digest), load=lambda: None,
+        work=lambda run, _: _write(run, params, manifest, chosen, level),
         run_name=name, params=params, tags=all_tags, nested=nested, reuse=reuse,
     )
 
 
 def _write(run, params: dict, manifest, chosen, level: float | None):
     """Decode, corrupt and write the chosen rows as the run's artifacts; log the resulting dataset."""
-    import hashlib
-    import io
     import tempfile
     from pathlib import Path
 
     import mlflow
-    import numpy as np
-    from PIL import Image
     from tqdm.auto import tqdm
 
-    from imaging.corruptions import corrupt
-    from pipelines._cli import corruption_table
-    from imaging.images import open_image, to_array
     from imaging.manifest import Manifest
     from tracking.lineage import log_dataset
 
-    paths = manifest.local_paths()
-    label_index = {name: i for i, name in enumerate(manifest.classes)}
+    frame = manifest.frame.copy()
+    for column in ("corruption", "severity", "level", "source_path", "source_sha256"):
+        frame[column] = ""
     tables = set()  # the published severity tables the images' sizes chose
+    paths = manifest.local_paths()  # one per row, in the frame's (range) index order
     with tempfile.TemporaryDirectory() as folder:
-        out_root = Path(folder)
-        frame = manifest.frame.copy()
-        for column in ("corruption", "severity", "level", "source_path", "source_sha256"):
-            frame[column] = ""
         for start in tqdm(range(0, len(chosen), CHUNK), desc=f"corrupting {params['split']}", unit="chunk"):
-            rows = chosen[start:start + CHUNK]
-            decoded = []
-            for row in rows:
-                data = paths[row].read_bytes()
-                image = open_image(data, params["max_pixels"])
-                decoded.append((image.format or "PNG", to_array(image)))
-            # images of one shape are corrupted as one batch
-            shapes: dict[tuple, list[int]] = {}
-            for position, (_, array) in enumerate(decoded):
-                shapes.setdefault(array.shape, []).append(position)
-            for shape, positions in shapes.items():
-                table = corruption_table(params["table"], min(shape[:2]))
-                tables.add(table)
-                batch = np.stack([decoded[p][1] for p in positions])
-                labels = np.array([label_index[frame.at[rows[p], "label"]] for p in positions])
-                corrupted = corrupt(batch, params["kind"], params["severity"], seed=params["seed"] * 1_000_003 + start, level=level, labels=labels, table=table)
-                for p, array in zip(positions, corrupted):
-                    row = rows[p]
-                    fmt = decoded[p][0]
-                    source = frame.at[row, "path"]
-                    stem = Path(source).stem
-                    suffix = ".jpg" if fmt == "JPEG" else ".png"
-                    relative = f"images/{frame.at[row, 'label']}/{stem}-{hashlib.sha1(source.encode()).hexdigest()[:6]}{suffix}"
-                    buffer = io.BytesIO()
-                    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
-                    picture.save(buffer, format="JPEG" if fmt == "JPEG" else "PNG", **({"quality": 95} if fmt == "JPEG" else {}))
-                    (out_root / relative).parent.mkdir(parents=True, exist_ok=True)
-                    (out_root / relative).write_bytes(buffer.getvalue())
-                    frame.loc[row, ["source_path", "source_sha256"]] = [source, frame.at[row, "sha256"]]
-                    frame.loc[row, ["path", "run_id", "sha256"]] = [relative, run.info.run_id, hashlib.sha256(buffer.getvalue()).hexdigest()]
-                    frame.loc[row, ["corruption", "severity", "level"]] = [params["kind"], str(params["severity"]), "" if level is None else str(level)]
-        mlflow.log_artifacts(str(out_root / "images"), "images")
+            tables |= _corrupt_chunk(Path(folder), run.info.run_id, params, manifest, paths, frame, chosen[start:start + CHUNK], start, level)
+        mlflow.log_artifacts(str(Path(folder) / "images"), "images")
     mlflow.set_tag("synthmix.corruption_table", ",".join(sorted(tables)))
     result = Manifest(frame, manifest.root, f"{manifest.name}-{params['kind']}{params['severity']}", list(manifest.classes))
     log_dataset(result, {"source": manifest.split(params["split"]), params["split"]: result.split(params["split"])})
@@ -122,8 +85,43 @@ def _write(run, params: dict, manifest, chosen, level: float | None):
     return metrics, {"manifest": result}
 
 
+def _corrupt_chunk(out_root, run_id: str, params: dict, manifest, paths, frame, rows, start: int, level: float | None) -> set[str]:
+    """Decode, corrupt (images of one shape as one batch) and write `rows`, pointing their manifest rows at the copies; the tables used."""
+    import hashlib
+    from pathlib import Path
+
+    import numpy as np
+
+    from imaging.corruptions import corrupt
+    from imaging.images import open_image, suffix_for, to_array, write_as
+    from pipelines._cli import corruption_table
+
+    decoded = []
+    for row in rows:
+        image = open_image(paths[row].read_bytes(), params["max_pixels"])
+        decoded.append((image.format or "PNG", to_array(image)))
+    shapes: dict[tuple, list[int]] = {}
+    for position, (_, array) in enumerate(decoded):
+        shapes.setdefault(array.shape, []).append(position)
+    tables = set()
+    label_index = {name: i for i, name in enumerate(manifest.classes)}
+    for shape, positions in shapes.items():
+        table = corruption_table(params["table"], min(shape[:2]))
+        tables.add(table)
+        labels = np.array([label_index[frame.at[rows[p], "label"]] for p in positions])
+        corrupted = corrupt(np.stack([decoded[p][1] for p in positions]), params["kind"], params["severity"], seed=params["seed"] * 1_000_003 + start, level=level, labels=labels, table=table)
+        for p, array in zip(positions, corrupted):
+            row, source = rows[p], frame.at[rows[p], "path"]
+            relative = f"images/{frame.at[row, 'label']}/{Path(source).stem}-{hashlib.sha1(source.encode()).hexdigest()[:6]}{suffix_for(decoded[p][0])}"
+            sha256 = write_as(out_root, relative, array, decoded[p][0])
+            frame.loc[row, ["source_path", "source_sha256"]] = [source, frame.at[row, "sha256"]]
+            frame.loc[row, ["path", "run_id", "sha256"]] = [relative, run_id, sha256]
+            frame.loc[row, ["corruption", "severity", "level"]] = [params["kind"], str(params["severity"]), "" if level is None else str(level)]
+    return tables
+
+
 def run_command(**params):
-    result = corrupt_split(params)
+    result = corrupt_split(params, reuse=True)
     click.echo(f"run {result.run_id}")
 
 

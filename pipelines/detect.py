@@ -39,10 +39,9 @@ import click
 
 from pipelines import mix as mix_stage
 from pipelines import train as train_stage
-from pipelines._cli import DATA_KEYS, DEVICE, data_params, defaults, option, optional, pick, stage_command
+from pipelines._cli import DEVICE, data_params, defaults, option, optional, passed_on, pick, stage_command
 
 WANG_RECIPE = "defocus_blur:2:0.5,jpeg_compression:3:0.5"
-TRAIN_KEYS = ("model", "pretrained", "weights", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "image_size", "augment", "seed", "table", "workers")
 PARAMS = [
     *data_params(help_suffix=" The real images: the detector trains on their train split and is scored on val and test."),
     option("synthetic_runs", "", "Synthesize run ids, comma-separated, one per generator (two or more also measure transfer). Give this or --synthetic-data."),
@@ -88,12 +87,11 @@ def load_generators(params: dict) -> tuple[dict, dict]:
     from pathlib import Path
 
     from imaging.errors import InputError
+    from tracking.lineage import load_synthetic, synthetic_source
     from tracking.runs import run_params
 
+    synthetic_source(params, "synthetic_runs")  # exactly one of them
     run_ids, folder = _run_ids(params["synthetic_runs"]), optional(params["synthetic_data"])
-    if bool(run_ids) == bool(folder):
-        given = "both" if run_ids else "neither"
-        raise InputError(f"{given} of synthetic_runs and synthetic_data given; pass exactly one: synthesize run ids (--synthetic-runs a,b) or a folder of generated images (--synthetic-data).")
     generators, sources = {}, {}
     if folder:
         root = Path(folder).expanduser()
@@ -101,7 +99,7 @@ def load_generators(params: dict) -> tuple[dict, dict]:
             raise InputError(f"synthetic_data {root} is not a folder; pass a folder of generated images (class sub-folders or the images directly).")
         has_classes = any(p.is_dir() and not p.name.startswith((".", "_")) for p in root.iterdir())
         if has_classes:
-            manifest, _, _ = mix_stage.load_synthetic({**params, "synthetic_run": "", "synthetic_data": folder})
+            manifest, _, _ = load_synthetic({**params, "synthetic_run": "", "synthetic_data": folder})
         else:
             from imaging.datasets import scan_flat_folder
             from imaging.mixing import absolute_paths
@@ -113,7 +111,7 @@ def load_generators(params: dict) -> tuple[dict, dict]:
         generators[name], sources[name] = manifest, str(root.resolve())
         return generators, sources
     for run_id in run_ids:
-        manifest, _, run = mix_stage.load_synthetic({**params, "synthetic_run": run_id, "synthetic_data": ""})
+        manifest, _, run = load_synthetic({**params, "synthetic_run": run_id, "synthetic_data": ""})
         made_from = run_params(run).get("data", "")
         if made_from and not _same_data(made_from, params["data"]):
             raise InputError(f"synthetic run {run_id} was synthesized from {made_from}, not from --data {params['data']}; pass synthesis runs of {params['data']}, or --data {made_from}.")
@@ -130,13 +128,14 @@ def _format_note(real, generators: dict, convert: bool) -> str | None:
 
     from imaging.errors import InputError
     from imaging.mixing import format_note
+    from tracking.lineage import sample_paths
 
     notes = []
     with tempfile.TemporaryDirectory() as folder:
-        real_paths = mix_stage.sample_paths(real.split("train"), folder)
+        real_paths = sample_paths(real.split("train"), folder)
         real_formats = _file_formats(real_paths)
         for name, manifest in generators.items():
-            paths = mix_stage.sample_paths(manifest, folder)
+            paths = sample_paths(manifest, folder)
             try:
                 note = format_note(real_paths, paths, convert)
             except InputError as error:
@@ -170,7 +169,8 @@ def detect(params: dict, *, nested: bool = False, run_name: str | None = None, r
     from imaging.detection import detector_manifest
     from models.classifiers import check_model_name
     from tracking.lineage import load_manifest
-    from tracking.runs import get_or_run, quiet_mlflow
+    from tracking.runs import quiet_mlflow
+    from tracking.stage import cache_key, get_or_run
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
@@ -181,11 +181,11 @@ def detect(params: dict, *, nested: bool = False, run_name: str | None = None, r
     real, report = load_manifest({**params, "dataset_run": ""})
     note = _format_note(real, generators, params["convert"])
     manifest = detector_manifest(real, generators, params["seed"])
-    key = {**{k: v for k, v in params.items() if k not in NOT_HASHED}, "dataset_digest": manifest.digest}
+    key = cache_key("detect", params, NOT_HASHED, dataset_digest=manifest.digest)
     name = run_name or f"detect-{params['model']}-{real.name}-{'+'.join(generators)}"
     all_tags = {"synthmix.model": params["model"], "synthmix.generators": ",".join(generators), "synthmix.dataset_digest": manifest.digest, **(tags or {})}
     return get_or_run(
-        "detect", key, lambda: lambda run: _work(run, params, manifest, generators, sources, note, name),
+        "detect", key, load=lambda: None, work=lambda run, _: _work(run, params, manifest, generators, sources, note, name),
         run_name=name, params=params, tags=all_tags, nested=nested, reuse=reuse,
     )
 
@@ -226,7 +226,7 @@ def _work(run, params: dict, manifest, generators: dict, sources: dict, note: st
     mlflow.log_metrics({f"data/{split}_{label}": int(n) for (split, label), n in counts.items()})
 
     trained = train_stage.train(
-        {**{k: params[k] for k in TRAIN_KEYS}, **{k: params[k] for k in DATA_KEYS}, "dataset_run": run.info.run_id, "device": params["device"]},
+        passed_on(PARAMS, params, train_stage.PARAMS, dataset_run=run.info.run_id, augment=params["augment"], seed=params["seed"]),
         nested=True, reuse=True, run_name=f"detector-{params['model']}-{'+'.join(generators)}", tags={"synthmix.task": "detector"},
     )
     mlflow.set_tag(TAG_DETECTOR, trained.run_id)
@@ -304,7 +304,7 @@ def _work(run, params: dict, manifest, generators: dict, sources: dict, note: st
 
 
 def run_command(**params):
-    result = detect(params)
+    result = detect(params, reuse=True)
     metrics = result.metrics
     line = f"test/auc {metrics.get('test/auc', float('nan')):.4f}  test/acc {metrics.get('test/acc', float('nan')):.4f}"
     if "detect/transfer_auc" in metrics:

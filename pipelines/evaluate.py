@@ -13,6 +13,8 @@ N incorrect predictions, for the clean test set and for each corruption.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from pipelines._cli import DEVICE, TABLE, data_params, defaults, option, optional, stage_command
@@ -34,66 +36,6 @@ PARAMS = [
 ]
 DEFAULTS = defaults(PARAMS)
 NOT_HASHED = ("device", "batch_size")
-
-
-def parse_corruptions(text: str) -> list[str]:
-    if not text:
-        return []
-    from imaging.corruptions import KINDS
-    from imaging.errors import InputError
-
-    if text.strip() == "all":
-        return list(KINDS)
-    kinds = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        raise InputError(f"--corruptions has unknown kinds {unknown}; choose from {', '.join(KINDS)} or 'all'.")
-    return kinds
-
-
-def parse_severities(text: str) -> list[int]:
-    from imaging.errors import InputError
-
-    try:
-        severities = sorted({int(s) for s in str(text).split(",") if s.strip()})
-    except ValueError as error:
-        raise InputError(f"--severities {text!r} is not a comma-separated list of integers 1..5, e.g. 1,3,5.") from error
-    if not severities or any(s < 1 or s > 5 for s in severities):
-        raise InputError(f"--severities {text!r} must list integers from 1 to 5, e.g. 1,2,3,4,5.")
-    return severities
-
-
-def corruption_errors(errors: dict[str, dict[int, float]], clean_error: float, baseline: dict | None) -> dict[str, float]:
-    """CE per kind, mCE and relative mCE (Hendrycks & Dietterich 2019).
-
-    errors[kind][severity] is the top-1 error. With a baseline (same structure
-    plus its clean error) each kind's summed error is divided by the
-    baseline's; without one the unnormalised forms are the mean errors.
-    """
-    out: dict[str, float] = {}
-    ce, relative = [], []
-    for kind, by_severity in errors.items():
-        severities = sorted(by_severity)
-        total = sum(by_severity[s] for s in severities)
-        excess = sum(by_severity[s] - clean_error for s in severities)
-        if baseline is not None:
-            base = baseline["errors"][kind]
-            base_total = sum(base[s] for s in severities)
-            base_excess = sum(base[s] - baseline["clean_error"] for s in severities)
-            ce_kind = total / max(base_total, 1e-12)
-            relative_kind = excess / base_excess if abs(base_excess) > 1e-12 else float("nan")
-        else:
-            ce_kind = total / len(severities)
-            relative_kind = excess / len(severities)
-        out[f"robust/ce/{kind}"] = ce_kind
-        out[f"robust/relative_ce/{kind}"] = relative_kind
-        ce.append(ce_kind)
-        relative.append(relative_kind)
-    if ce:
-        out["robust/mce"] = sum(ce) / len(ce)
-        finite = [r for r in relative if r == r]
-        out["robust/relative_mce"] = sum(finite) / len(finite) if finite else float("nan")
-    return out
 
 
 def _baseline_errors(run_id: str, kinds: list[str], severities: list[int]) -> dict:
@@ -123,19 +65,10 @@ def _model_key(model_uri: str) -> str:
     return model_uri
 
 
-def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None, reuse: bool = False, tags: dict | None = None):
-    """Evaluate with `params` (DEFAULTS filled in); returns a StageResult with the test and robust metrics."""
+def _model_and_data(params: dict):
+    """(model URI, the train run's params or {}, the data options to score on): --train-run (a pointer is followed) or --model-uri."""
     from imaging.errors import InputError
-    from imaging.manifest import real_only
-    from tracking.lineage import load_manifest
-    from tracking.runs import get_or_run, get_run, quiet_mlflow, run_params
-
-    quiet_mlflow()
-    params = {**DEFAULTS, **params}
-    kinds = parse_corruptions(params["corruptions"])
-    severities = parse_severities(params["severities"])
-    if params["saliency"] < 0 or params["misclassified"] < 0:
-        raise InputError("--saliency and --misclassified count images and must be 0 or more.")
+    from tracking.runs import get_run, run_params
 
     train_params: dict = {}
     if optional(params["train_run"]):
@@ -143,153 +76,204 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
         train_params = run_params(train_run)
         model_uri = optional(params["model_uri"]) or f"runs:/{train_run.info.run_id}/model"
     elif optional(params["model_uri"]):
-        model_uri = params["model_uri"]
+        model_uri = _follow_model_uri(params["model_uri"])
     else:
         raise InputError("evaluate needs --train-run (a train run id) or --model-uri (e.g. models:/name@champion).")
-
     if optional(params["data"]):
-        source = {**params}
-    elif train_params:
-        source = {**params, "data": train_params.get("data", "mnist5k"), "dataset_run": train_params.get("dataset_run", "")}
-        for key in ("val_fraction", "test_fraction", "split_seed"):
-            if key in train_params:
-                source[key] = type(DEFAULTS[key])(train_params[key])
-    else:
+        return model_uri, train_params, {**params}
+    if not train_params:
         raise InputError("with --model-uri, also pass --data: the dataset whose test split to score.")
+    source = {**params, "data": train_params.get("data") or "mnist5k", "dataset_run": train_params.get("dataset_run", "")}
+    for key in ("val_fraction", "test_fraction", "split_seed"):
+        if train_params.get(key):
+            source[key] = type(DEFAULTS[key])(float(train_params[key]))
+    return model_uri, train_params, source
+
+
+def _follow_model_uri(model_uri: str) -> str:
+    """runs:/<id>/<path> with a pointer run's id names the run that holds the model."""
+    if not model_uri.startswith("runs:/"):
+        return model_uri
+    from tracking.runs import get_run
+
+    run_id, _, path = model_uri.removeprefix("runs:/").partition("/")
+    return f"runs:/{get_run(run_id, 'the run of --model-uri').info.run_id}/{path}"
+
+
+def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None, reuse: bool = False, tags: dict | None = None):
+    """Evaluate with `params` (DEFAULTS filled in); returns a StageResult with the test and robust metrics."""
+    from imaging.corruptions import parse_kinds, parse_severities
+    from imaging.errors import InputError
+    from imaging.manifest import real_only
+    from tracking.lineage import load_manifest
+    from tracking.runs import quiet_mlflow
+    from tracking.stage import cache_key, get_or_run
+
+    quiet_mlflow()
+    params = {**DEFAULTS, **params}
+    kinds, severities = parse_kinds(params["corruptions"]), parse_severities(params["severities"])
+    model_uri, train_params, source = _model_and_data(params)
     manifest, _ = load_manifest(source)
     test_rows = real_only(manifest.split("test"))
     if len(test_rows) == 0:
         raise InputError(f"dataset {manifest.name} has no real test images; give it a test/ folder or a test_fraction above 0.")
-
     logged = {**params, "model_uri": model_uri}
-    key = {**{k: v for k, v in logged.items() if k not in NOT_HASHED}, "model_key": _model_key(model_uri), "test_digest": test_rows.digest}
+    key = cache_key("evaluate", logged, NOT_HASHED, model_key=_model_key(model_uri), test_digest=test_rows.digest)
     model_name = train_params.get("model", "model")
     name = run_name or f"evaluate-{model_name}-{test_rows.name}"
-    all_tags = {"synthmix.train_run": params["train_run"] or "", "synthmix.model": model_name, **(tags or {})}
+    all_tags = {"synthmix.train_run": model_uri.removeprefix("runs:/").split("/")[0] if optional(params["train_run"]) else "", "synthmix.model": model_name, **(tags or {})}
     return get_or_run(
-        "evaluate", key, lambda: _prepare(params, model_uri, test_rows, kinds, severities, name),
+        "evaluate", key, load=lambda: _prepare(params, model_uri, test_rows),
+        work=lambda run, scoring: _score(scoring, params, kinds, severities, name),
         run_name=name, params=logged, tags=all_tags, nested=nested, reuse=reuse,
     )
 
 
-def _prepare(params: dict, model_uri: str, test_rows, kinds: list[str], severities: list[int], name: str):
-    """Load and check the model (before any run exists), and return the scoring that runs inside the run."""
-    import mlflow
-    import pandas as pd
-    import torch
-    from sklearn.metrics import classification_report, confusion_matrix, f1_score
-    from tqdm.auto import tqdm
+@dataclass
+class Scoring:
+    """The model and the test images, loaded and checked before any run exists."""
 
-    from imaging.batches import TensorBatches, cached_tensors
+    network: object
+    spec: object
+    test_rows: object
+    images: object  # uint8 [N, C, H, W]
+    labels: object
+    device: object
+    table: str  # the published severity table of the ImageNet-C families
+
+    def predict(self, images, batch_size: int):
+        from imaging.batches import TensorBatches
+        from models.training import predict
+
+        logits, _ = predict(self.network, TensorBatches(images, self.labels, batch_size, self.device), self.spec.mean, self.spec.std)
+        return logits
+
+
+def _prepare(params: dict, model_uri: str, test_rows) -> Scoring:
+    from imaging.batches import cached_tensors
     from imaging.errors import InputError
     from imaging.manifest import Manifest
     from models.serving import load_classifier
-    from models.training import predict
-    from pipelines._cli import resolve_device
-    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, heatmap_figure, image_grid, log_figure
-    from tracking.lineage import log_dataset
+    from pipelines._cli import corruption_table, resolve_device
 
     device = resolve_device(params["device"])
     try:
         classifier = load_classifier(model_uri)
     except Exception as error:
         raise InputError(f"no synthmix classifier could be loaded from {model_uri} ({error.__class__.__name__}: {str(error)[:200]}); pass a train run id or a model URI logged by train.") from error
-    network, spec = classifier.network.to(device).eval(), classifier.spec
+    spec = classifier.spec
     unknown = sorted(set(test_rows.frame["label"]) - set(spec.classes))
     if unknown:
         raise InputError(f"the test split has classes the model was not trained on: {unknown}; evaluate on data with the model's classes {spec.classes}.")
     # score in the model's class order, whatever order the dataset lists its classes in
     test_rows = Manifest(test_rows.frame, test_rows.root, test_rows.name, list(spec.classes))
     images, labels = cached_tensors(test_rows, spec.in_channels, spec.image_size)
+    return Scoring(classifier.network.to(device).eval(), spec, test_rows, images, labels, device, corruption_table(params["table"], spec.image_size))
+
+
+def _score(scoring: Scoring, params: dict, kinds: list[str], severities: list[int], name: str) -> dict:
+    """Inside the run: the clean test scores, the robustness table and the saliency panels."""
+    import mlflow
+
+    from tracking.lineage import log_dataset
+
+    mlflow.set_tag("synthmix.model", scoring.spec.model)
+    if kinds:  # the ImageNet-C families' parameters: --table, or the published table nearest the image size
+        mlflow.set_tag("synthmix.corruption_table", scoring.table)
+    log_dataset(scoring.test_rows, {"test": scoring.test_rows}, artifact=False)
+    logits = scoring.predict(scoring.images, params["batch_size"])
+    predictions = logits.argmax(1)
+    metrics = _clean_scores(scoring, params, logits, name)
+    panels = [("clean", scoring.images, predictions)] if params["saliency"] else []
+    if kinds:
+        robust, corrupted_panels = _robustness(scoring, params, kinds, severities, metrics["test/acc"], name)
+        metrics.update(robust)
+        panels += corrupted_panels if params["saliency"] else []
+    for panel in panels:
+        _saliency_panel(scoring, params, *panel)
+    mlflow.log_metrics(metrics)
+    print(f"[synthmix] test/acc {metrics['test/acc']:.4f}  test/macro_f1 {metrics['test/macro_f1']:.4f}" + (f"  robust/mce {metrics['robust/mce']:.4f}" if kinds else ""), flush=True)
+    return metrics
+
+
+def _clean_scores(scoring: Scoring, params: dict, logits, name: str) -> dict:
+    """test/acc, test/macro_f1 and test/loss; the per-class report, the confusion matrix and the misclassified images."""
+    import mlflow
+    import torch
+    from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
+    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, image_grid, log_figure
+
+    labels, classes, predictions = scoring.labels, scoring.spec.classes, logits.argmax(1)
     present = sorted(set(labels.tolist()))
-
-    def score(batch_images: torch.Tensor) -> torch.Tensor:
-        batches = TensorBatches(batch_images, labels, params["batch_size"], device)
-        logits, _ = predict(network, batches, spec.mean, spec.std)
-        return logits
-
-    from pipelines._cli import corruption_table as choose_table
-
-    corruption_table = choose_table(params["table"], spec.image_size)
-
-    def inside(run) -> dict:
-        mlflow.set_tag("synthmix.model", spec.model)
-        if kinds:  # the ImageNet-C families' parameters: --table, or the published table nearest the image size
-            mlflow.set_tag("synthmix.corruption_table", corruption_table)
-        log_dataset(test_rows, {"test": test_rows}, artifact=False)
-        logits = score(images)
-        predictions = logits.argmax(1)
-        accuracy = float((predictions == labels).float().mean())
-        metrics = {
-            "test/acc": accuracy,
-            "test/macro_f1": float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
-            "test/loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-            "test/images": len(labels),
-        }
-        report = classification_report(labels, predictions, labels=present, target_names=[spec.classes[i] for i in present], output_dict=True, zero_division=0)
-        mlflow.log_dict(report, "reports/test_classification_report.json")
-        matrix = confusion_matrix(labels, predictions, labels=list(range(len(spec.classes))))
-        log_figure(confusion_matrix_figure(matrix, spec.classes, f"{name}: test"), "confusion_matrix/test.png")
-        mlflow.log_text(confusion_matrix_json(matrix, spec.classes), "confusion_matrix/test.json")
+    metrics = {
+        "test/acc": float((predictions == labels).float().mean()),
+        "test/macro_f1": float(f1_score(labels, predictions, labels=present, average="macro", zero_division=0)),
+        "test/loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+        "test/images": len(labels),
+    }
+    report = classification_report(labels, predictions, labels=present, target_names=[classes[i] for i in present], output_dict=True, zero_division=0)
+    mlflow.log_dict(report, "reports/test_classification_report.json")
+    matrix = confusion_matrix(labels, predictions, labels=list(range(len(classes))))
+    log_figure(confusion_matrix_figure(matrix, classes, f"{name}: test"), "confusion_matrix/test.png")
+    mlflow.log_text(confusion_matrix_json(matrix, classes), "confusion_matrix/test.json")
+    if params["misclassified"]:
         wrong = torch.nonzero(predictions != labels).flatten()[: params["misclassified"]]
-        if params["misclassified"]:
-            grid = images[wrong].permute(0, 2, 3, 1).numpy()
-            titles = [f"true {spec.classes[labels[i]]} / pred {spec.classes[predictions[i]]}" for i in wrong.tolist()]
-            log_figure(image_grid(grid, titles, f"misclassified test images ({len(wrong)} of {int((predictions != labels).sum())})"), "misclassified/test.png")
-
-        panels = []  # (name, uint8 images, predictions)
-        if params["saliency"]:
-            panels.append(("clean", images, predictions))
-
-        if kinds:
-            from imaging.corruptions import corrupt_torch
-
-            table = pd.DataFrame(index=kinds, columns=severities, dtype=float)
-            panel_severity = 3 if 3 in severities else severities[-1]
-            for kind in tqdm(kinds, desc="corruptions", unit="kind"):
-                for severity in severities:
-                    corrupted = torch.cat([
-                        corrupt_torch(images[i:i + 512], kind, severity, seed=params["seed"] * 1009 + i, labels=labels[i:i + 512], table=corruption_table)
-                        for i in range(0, len(images), 512)
-                    ])
-                    corrupted_predictions = score(corrupted).argmax(1)
-                    table.loc[kind, severity] = float((corrupted_predictions == labels).float().mean())
-                    if params["saliency"] and severity == panel_severity:
-                        panels.append((f"{kind}-{severity}", corrupted, corrupted_predictions))
-            for kind in kinds:
-                for severity in severities:
-                    metrics[f"robust/acc/{kind}/{severity}"] = float(table.loc[kind, severity])
-            errors = {k: {s: 1 - float(table.loc[k, s]) for s in severities} for k in kinds}
-            baseline = _baseline_errors(params["baseline_run"], kinds, severities) if optional(params["baseline_run"]) else None
-            metrics.update(corruption_errors(errors, 1 - accuracy, baseline))
-            table.insert(0, "clean", accuracy)
-            table.index.name = "corruption"
-            mlflow.log_text(table.to_csv(float_format="%.4f"), "robustness/accuracy.csv")
-            figure = heatmap_figure(table, f"{name}\ntest accuracy per corruption and severity", xlabel="severity (clean = uncorrupted)", colour_label="accuracy")
-            log_figure(figure, "robustness/accuracy.png")
-
-        if panels:
-            from models.saliency import correct_and_incorrect
-            from tracking.overlays import correct_incorrect_panel
-
-            count = params["saliency"]
-            for panel_name, panel_images, panel_predictions in panels:
-                chosen, maps = correct_and_incorrect(
-                    network, panel_images, labels, panel_predictions, count, seed=params["seed"], mean=spec.mean, std=spec.std,
-                    image_size=spec.image_size, method=params["saliency_method"], device=device,
-                )
-                accuracy_here = float((panel_predictions == labels).float().mean())
-                figure = correct_incorrect_panel(
-                    panel_images[chosen].permute(0, 2, 3, 1).numpy(), maps.cpu().numpy(), labels[chosen].numpy(), panel_predictions[chosen].numpy(), spec.classes, count,
-                    suptitle=f"{params['saliency_method']} of the predicted class · {panel_name} test images · accuracy {accuracy_here:.3f}",
-                )
-                log_figure(figure, f"saliency/{params['saliency_method']}_{panel_name}.png")
-
-        mlflow.log_metrics(metrics)
-        print(f"[synthmix] test/acc {accuracy:.4f}  test/macro_f1 {metrics['test/macro_f1']:.4f}" + (f"  robust/mce {metrics['robust/mce']:.4f}" if kinds else ""), flush=True)
-        return metrics
-
-    return inside
+        titles = [f"true {classes[labels[i]]} / pred {classes[predictions[i]]}" for i in wrong.tolist()]
+        log_figure(image_grid(scoring.images[wrong].permute(0, 2, 3, 1).numpy(), titles, f"misclassified test images ({len(wrong)} of {int((predictions != labels).sum())})"), "misclassified/test.png")
+    return metrics
 
 
-command = stage_command("evaluate", __doc__, PARAMS, lambda **params: evaluate(params))
+def _robustness(scoring: Scoring, params: dict, kinds: list[str], severities: list[int], accuracy: float, name: str):
+    """robust/acc per kind and severity, CE and mCE; the table (CSV) and its heatmap; the corrupted panels for saliency."""
+    import mlflow
+    import pandas as pd
+    import torch
+    from tqdm.auto import tqdm
+
+    from imaging.corruptions import corrupt_torch
+    from tracking.figures import heatmap_figure, log_figure
+    from tracking.statistics import corruption_errors
+
+    images, labels = scoring.images, scoring.labels
+    table = pd.DataFrame(index=kinds, columns=severities, dtype=float)
+    panel_severity = 3 if 3 in severities else severities[-1]
+    panels = []
+    for kind in tqdm(kinds, desc="corruptions", unit="kind"):
+        for severity in severities:
+            corrupted = torch.cat([corrupt_torch(images[i:i + 512], kind, severity, seed=params["seed"] * 1009 + i, labels=labels[i:i + 512], table=scoring.table)
+                                   for i in range(0, len(images), 512)])
+            predictions = scoring.predict(corrupted, params["batch_size"]).argmax(1)
+            table.loc[kind, severity] = float((predictions == labels).float().mean())
+            if severity == panel_severity:
+                panels.append((f"{kind}-{severity}", corrupted, predictions))
+    metrics = {f"robust/acc/{kind}/{severity}": float(table.loc[kind, severity]) for kind in kinds for severity in severities}
+    errors = {k: {s: 1 - float(table.loc[k, s]) for s in severities} for k in kinds}
+    baseline = _baseline_errors(params["baseline_run"], kinds, severities) if optional(params["baseline_run"]) else None
+    metrics.update(corruption_errors(errors, 1 - accuracy, baseline))
+    table.insert(0, "clean", accuracy)
+    table.index.name = "corruption"
+    mlflow.log_text(table.to_csv(float_format="%.4f"), "robustness/accuracy.csv")
+    figure = heatmap_figure(table, f"{name}\ntest accuracy per corruption and severity", xlabel="severity (clean = uncorrupted)", colour_label="accuracy")
+    log_figure(figure, "robustness/accuracy.png")
+    return metrics, panels
+
+
+def _saliency_panel(scoring: Scoring, params: dict, panel_name: str, images, predictions) -> None:
+    """N correct and N incorrect images of one panel with their saliency maps."""
+    from models.saliency import correct_and_incorrect
+    from tracking.figures import log_figure
+    from tracking.overlays import correct_incorrect_panel
+
+    count, spec, labels = params["saliency"], scoring.spec, scoring.labels
+    chosen, maps = correct_and_incorrect(scoring.network, images, labels, predictions, count, seed=params["seed"], mean=spec.mean, std=spec.std,
+                                         image_size=spec.image_size, method=params["saliency_method"], device=scoring.device)
+    accuracy = float((predictions == labels).float().mean())
+    figure = correct_incorrect_panel(
+        images[chosen].permute(0, 2, 3, 1).numpy(), maps.cpu().numpy(), labels[chosen].numpy(), predictions[chosen].numpy(), spec.classes, count,
+        suptitle=f"{params['saliency_method']} of the predicted class · {panel_name} test images · accuracy {accuracy:.3f}",
+    )
+    log_figure(figure, f"saliency/{params['saliency_method']}_{panel_name}.png")
+
+
+command = stage_command("evaluate", __doc__, PARAMS, lambda **params: evaluate(params, reuse=True))

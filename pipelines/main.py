@@ -29,13 +29,15 @@ chart view. Models are chosen on validation data; the test split is reported.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from pipelines import evaluate as evaluate_stage
 from pipelines import mix as mix_stage
 from pipelines import synthesize as synthesize_stage
 from pipelines import train as train_stage
-from pipelines._cli import DATA_KEYS, DEVICE, data_params, defaults, option, pick, stage_command
+from pipelines._cli import DEVICE, data_params, defaults, option, pick, stage_command
 
 PARAMS = [
     *data_params(),
@@ -113,170 +115,147 @@ def arm_name(augment: str) -> str:
     return augment.replace(",", "+") or "none"
 
 
-def main(params: dict) -> dict:
-    from imaging.errors import InputError
+@dataclass
+class Plan:
+    """The study's grid and sources, parsed and checked before any run."""
+
+    ratios: list
+    augments: list
+    seeds: list
+    kinds: list
+    synthetic_run: str | None
+    synthetic_data: str | None
+    storage: str | None
+    study: str = ""
+    champion: str = ""
+
+    @property
+    def cells(self) -> list[tuple]:
+        return [(seed, augment, ratio) for seed in self.seeds for augment in self.augments for ratio in self.ratios]
+
+
+def _plan(params: dict, manifest) -> Plan:
+    from imaging.corruptions import parse_kinds, parse_severities
+    from models.classifiers import check_model_name
     from pipelines._cli import optional
-    from pipelines.evaluate import parse_corruptions, parse_severities
+    from tracking.lineage import check_synthetic
+
+    ratios, augments, seeds = parse_ratios(params["ratios"]), parse_augments(params["augments"]), parse_seeds(params["seeds"])
+    kinds, _ = parse_kinds(params["corruptions"]), parse_severities(params["severities"])
+    check_model_name(params["model"])  # before any run, not inside the first cell
+    check_synthetic(params, needed=any(r > 0 for r in ratios))
+    plan = Plan(ratios, augments, seeds, kinds, optional(params["synthetic_run"]), optional(params["synthetic_data"]), optional(params["storage"]))
+    if not (plan.synthetic_run or plan.synthetic_data):
+        _check_per_class(params["per_class"], manifest, ratios)
+    source = plan.synthetic_run or plan.synthetic_data or params["generator"]
+    plan.study = params["study"] or f"{manifest.name}-{params['model']}-{source if not plan.synthetic_run else 'run-' + plan.synthetic_run[:8]}".replace("/", "_")
+    return plan
+
+
+def _check_per_class(per_class: int, manifest, ratios: list[float]) -> None:
+    """--per-class must cover the synthetic images the largest ratio needs in every class (before the long synthesis)."""
+    if not per_class:
+        return  # as many as the largest real class: every replace-mode mix fits
+    from imaging.errors import InputError
+    from imaging.mixing import allocate
+    from imaging.manifest import real_only
+
+    counts = real_only(manifest.split("train")).frame["label"].value_counts().to_dict()
+    for ratio in sorted(r for r in ratios if r > 0):
+        needed = max(synthetic for _, synthetic in allocate(counts, ratio).values())
+        if needed > per_class:
+            raise InputError(f"--per-class {per_class} is too few: ratio {ratio:g} needs {needed} synthetic images in a class; pass --per-class {needed} or more (or 0: as many as the largest real class).")
+
+
+def main(params: dict) -> dict:
+    from pipelines._cli import DATA_KEYS
+    from tracking.connect import check_reachable, storage_lock
     from tracking.lineage import load_manifest
-    from tracking.runs import find_runs, get_or_run, quiet_mlflow
+    from tracking.runs import find_runs, quiet_mlflow
+    from tracking.stage import cache_key, get_or_run
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
-    ratios, augments, seeds = parse_ratios(params["ratios"]), parse_augments(params["augments"]), parse_seeds(params["seeds"])
-    kinds, _ = parse_corruptions(params["corruptions"]), parse_severities(params["severities"])
-    from models.classifiers import check_model_name
-
-    check_model_name(params["model"])  # before any run, not inside the first cell
-    synthetic_run, synthetic_data = optional(params["synthetic_run"]), optional(params["synthetic_data"])
-    if synthetic_run and synthetic_data:
-        raise InputError("both synthetic_run and synthetic_data given; pass one of them (or neither, to synthesize with --generator).")
-    if any(r > 0 for r in ratios):
-        if synthetic_run:
-            from tracking.runs import get_run
-
-            get_run(synthetic_run, "synthetic_run")
-        elif synthetic_data:
-            mix_stage.load_synthetic({**params, "synthetic_run": ""})  # a bad folder is refused before any run
     manifest, _ = load_manifest({key: params[key] for key in DATA_KEYS})
-    source = synthetic_run or synthetic_data or params["generator"]
-    study = params["study"] or f"{manifest.name}-{params['model']}-{source if not synthetic_run else 'run-' + synthetic_run[:8]}".replace("/", "_")
-    key = {**{k: v for k, v in params.items() if k not in NOT_HASHED}, "dataset_digest": manifest.digest}
-    plan = {"ratios": ratios, "augments": augments, "seeds": seeds, "kinds": kinds, "synthetic_run": synthetic_run, "synthetic_data": synthetic_data, "study": study,
-            "storage": optional(params["storage"])}
-
-    def resume(key_hash: str):
-        # one parent per study: a rerun continues it (killed, failed or finished); its steps are reused
-        earlier = find_runs("main", key_hash, ("RUNNING", "FAILED", "KILLED", "FINISHED"))
-        return earlier[0] if earlier else None
-
-    storage = plan["storage"]
-    if storage:
-        from tracking.connect import check_reachable
-
-        check_reachable(storage, "Optuna storage", "start the database or fix --storage")
-        _one_parent(storage, key, f"study-{study}", resume)
+    plan = _plan(params, manifest)
+    if plan.storage:
+        check_reachable(plan.storage, "Optuna storage", "start the database or fix --storage")
+    key = cache_key("main", params, NOT_HASHED, dataset_digest=manifest.digest)
     result = get_or_run(
-        "main", key, lambda: lambda run: _study(run, params, manifest, plan),
-        run_name=f"study-{study}", params=params, tags={"synthmix.study": study}, reuse=False, resume=resume,
+        "main", key, load=lambda: None, work=lambda run, _: _study(run, params, manifest, plan),
+        run_name=f"study-{plan.study}", params=params, tags={"synthmix.study": plan.study}, reuse=False,
+        # one parent per study: a rerun continues it (killed, failed or finished), workers of one --storage share it
+        resume=lambda experiment_id, key_hash: next(iter(find_runs(experiment_id, "main", key_hash, ("RUNNING", "FAILED", "KILLED", "FINISHED"))), None),
+        lock=storage_lock(plan.storage, key) if plan.storage else None,
     )
     facts = result.extra
-    if not facts.get("report"):  # a worker that did not finish the last cell
-        click.echo(f"[synthmix] {facts['headline']}")
-        return facts | {"run_id": result.run_id}
     click.echo(f"[synthmix] {facts['headline']}")
-    click.echo(f"[synthmix] report: {facts['report']}")
-    click.echo(f"[synthmix] study run: {facts['url']}")
-    click.echo(f"[synthmix] its metrics as charts: {facts['urls']['charts']}")
-    click.echo(f"[synthmix] its steps: {facts['urls']['table']}")
-    if facts.get("champion"):
-        click.echo(f"[synthmix] champion: {facts['champion']}")
+    if facts.get("report"):  # a worker that did not finish the last cell has none
+        click.echo(f"[synthmix] report: {facts['report']}")
+        click.echo(f"[synthmix] study run: {facts['url']}")
+        click.echo(f"[synthmix] its metrics as charts: {facts['urls']['charts']}")
+        click.echo(f"[synthmix] its steps: {facts['urls']['table']}")
+        if facts.get("champion"):
+            click.echo(f"[synthmix] champion: {facts['champion']}")
     return facts | {"run_id": result.run_id}
 
 
-def _study(run, params: dict, manifest, plan: dict):
-    """Every step of the study inside the parent run, then the answer."""
-    import time
-    import traceback
+class Steps:
+    """Runs the study's steps as nested runs tagged with their cell; keeps one row per step (the report's run table) and the seconds per stage."""
 
-    import pandas as pd
+    def __init__(self, study: str):
+        self.study, self.rows, self.seconds = study, [], {}
 
-    from pipelines.evaluate import evaluate
-    from pipelines.mix import mix
-    from pipelines.synthesize import synthesize
-    from pipelines.train import train
+    def __call__(self, stage: str, function, stage_params: dict, cell: dict, name: str):
+        import time
 
-    study, seeds, ratios, augments = plan["study"], plan["seeds"], plan["ratios"], plan["augments"]
-    data = {key: params[key] for key in DATA_KEYS}
-    seconds: dict[str, float] = {}
-    steps: list[dict] = []  # one row per step, for the report's run table
-
-    def step(stage: str, function, stage_params: dict, cell: dict, name: str):
         started = time.perf_counter()
-        tags = {"synthmix.study": study, **{f"synthmix.{k}": str(v) for k, v in cell.items()}}
+        tags = {"synthmix.study": self.study, **{f"synthmix.{k}": str(v) for k, v in cell.items()}}
         try:
             result = function(stage_params, nested=True, reuse=True, run_name=name, tags=tags)
         except Exception as error:
-            steps.append({**cell, "stage": stage, "run_id": "", "status": "failed", "error": f"{error.__class__.__name__}: {error}"})
+            self.rows.append({**cell, "stage": stage, "run_id": "", "status": "failed", "error": f"{error.__class__.__name__}: {error}"})
             raise
         finally:
-            seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - started
-        steps.append({**cell, "stage": stage, "run_id": result.run_id, "status": "reused" if result.reused else "done", "error": ""})
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - started
+        self.rows.append({**cell, "stage": stage, "run_id": result.run_id, "status": "reused" if result.reused else "done", "error": ""})
         return result
 
+
+def _study(run, params: dict, manifest, plan: Plan):
+    """Every step of the study inside the parent run, then the answer."""
+    import time
+
+    import mlflow
+    import pandas as pd
+
     from tracking.lineage import log_dataset
-
-    log_dataset(manifest, artifact=False)  # the real splits every cell is trained, validated and tested on
-    synthesis = None
-    synthetic_source = {"synthetic_run": plan["synthetic_run"] or "", "synthetic_data": plan["synthetic_data"] or ""}
-    if any(r > 0 for r in ratios) and not (plan["synthetic_run"] or plan["synthetic_data"]):
-        import contextlib
-
-        from tracking.connect import storage_lock
-
-        # workers of one study synthesize once: the others wait for it and reuse it
-        with storage_lock(plan["storage"], f"synthesize-{study}") if plan.get("storage") else contextlib.nullcontext():
-            synthesis = step("synthesize", synthesize, {**data, "generator": params["generator"], "per_class": params["per_class"], "seed": 0, "device": params["device"]},
-                             {}, f"{study}-synthesize-{params['generator']}")
-        synthetic_source["synthetic_run"] = synthesis.run_id
-    elif plan["synthetic_run"]:
-        from tracking.runs import StageResult, get_run
-
-        found = get_run(plan["synthetic_run"], "synthetic_run")
-        synthesis = StageResult("synthesize", found.info.run_id, dict(found.data.metrics), reused=True)
-
-    def run_cell(seed: int, augment: str, ratio: float) -> dict:
-        cell = {"ratio": ratio, "augment": arm_name(augment), "seed": seed}
-        label = f"r{ratio:g}-{arm_name(augment)}-s{seed}"
-        try:
-            training_data = dict(data)
-            if ratio > 0:
-                mixed = step("mix", mix, {**data, **synthetic_source, "ratio": ratio, "seed": seed}, cell, f"{study}-mix-{label}")
-                training_data = {"dataset_run": mixed.run_id, "data": params["data"]}
-            trained = step("train", train, {
-                **training_data, "model": params["model"], "pretrained": params["pretrained"], "epochs": params["epochs"],
-                "batch_size": params["batch_size"], "lr": params["lr"], "augment": augment, "seed": seed,
-                "device": params["device"], "checkpoint_every": params["checkpoint_every"], "table": params["table"],
-            }, cell, f"{study}-train-{label}")
-            evaluated = step("evaluate", evaluate, {
-                "train_run": trained.run_id, "corruptions": ",".join(plan["kinds"]), "severities": params["severities"],
-                # pictures (Grad-CAM panels, misclassified images) for the first seed of each cell
-                "saliency": params["saliency"] if seed == seeds[0] else 0, "misclassified": 16 if seed == seeds[0] else 0,
-                "seed": seed, "device": params["device"], "table": params["table"],
-            }, cell, f"{study}-evaluate-{label}")
-            return {**cell, "status": "ok", "train_run": trained.run_id, "evaluate_run": evaluated.run_id,
-                    **{k: v for k, v in trained.metrics.items() if k.startswith("val/")}, **evaluated.metrics}
-        except Exception as error:
-            print(f"[synthmix] step of cell {label} failed, the study goes on: {error.__class__.__name__}: {error}", flush=True)
-            traceback.print_exc()
-            return {**cell, "status": "failed", "error": f"{error.__class__.__name__}: {error}"}
-
-    cells = [(seed, augment, ratio) for seed in seeds for augment in augments for ratio in ratios]
-    if plan.get("storage"):
-        rows, left = _cells_on_workers(plan["storage"], study, cells, run_cell)
-        if left:
-            import mlflow
-
-            note = (f"{len(cells) - left} of {len(cells)} cells done; {left} still run on other workers. The worker that finishes "
-                    "the last cell writes the report (or rerun this command when they are done).")
-            mlflow.log_metric("study/cells_done", len(cells) - left)
-            return {"study/cells_done": len(cells) - left}, {"headline": note, "cells_ok": 0, "cells_failed": 0}
-        steps.extend(_steps_of(rows, steps))
-    else:
-        rows = [run_cell(*c) for c in cells]
-
     from tracking.study import answer
 
+    steps = Steps(plan.study)
+    log_dataset(manifest, artifact=False)  # the real splits every cell is trained, validated and tested on
+    synthesis, source = _synthesis(params, plan, steps)
+    run_cell = lambda seed, augment, ratio: _cell(params, plan, steps, source, seed, augment, ratio)  # noqa: E731
+    if plan.storage:
+        rows, left = _cells_on_workers(plan.storage, plan.study, plan.cells, run_cell)
+        if left:
+            done = len(plan.cells) - left
+            mlflow.log_metric("study/cells_done", done)
+            note = (f"{done} of {len(plan.cells)} cells done; {left} still run on other workers. The worker that finishes "
+                    "the last cell writes the report (or rerun this command when they are done).")
+            return {"study/cells_done": done}, {"headline": note, "cells_ok": 0, "cells_failed": 0}
+        steps.rows.extend(_steps_of(rows, steps.rows))
+    else:
+        rows = [run_cell(*cell) for cell in plan.cells]
     started = time.perf_counter()
     trained = [row["train_run"] for row in rows if row["status"] == "ok"]
-    plan = {**plan, "champion": _champion(run, params, manifest, trained) if trained else ""}
-    steps_table = pd.DataFrame(steps)
+    plan.champion = _champion(run, params, manifest, trained) if trained else ""
+    steps_table = pd.DataFrame(steps.rows)
     if "seed" in steps_table:  # the synthesis step has none: keep the others' seeds whole numbers
         steps_table["seed"] = steps_table["seed"].astype("Int64")
-    facts = answer(run, params, pd.DataFrame(rows), steps_table, plan, synthesis, seconds)
-    seconds["report"] = time.perf_counter() - started
-    import mlflow
-
-    mlflow.log_metrics({f"perf/seconds/{stage}": value for stage, value in seconds.items()})
+    facts = answer(run, params, pd.DataFrame(rows), steps_table, plan.__dict__ | {"cells": plan.cells}, synthesis, steps.seconds)
+    steps.seconds["report"] = time.perf_counter() - started
+    mlflow.log_metrics({f"perf/seconds/{stage}": value for stage, value in steps.seconds.items()})
     if facts["cells_ok"] == 0:
         raise RuntimeError(f"no cell of the study has a result ({facts['cells_failed']} failed); see the errors above and {facts['report']}")
     counts = {"study/cells_ok": facts["cells_ok"], "study/cells_failed": facts["cells_failed"]}
@@ -284,19 +263,49 @@ def _study(run, params: dict, manifest, plan: dict):
     return counts, facts
 
 
-def _one_parent(storage: str, key: dict, run_name: str, resume) -> None:
-    """Workers started together would each open a parent run: the first (under a lock in the
-    storage's database) opens it, and the others find and continue it."""
-    from mlflow.tracking import MlflowClient
+def _synthesis(params: dict, plan: Plan, steps: Steps):
+    """(the synthesis StageResult or None, the synthetic source every mix takes): synthesized once, or the run or folder given."""
+    from pipelines._cli import passed_on
+    from tracking.runs import get_run
+    from tracking.stage import StageResult
 
-    from tracking.connect import storage_lock
-    from tracking.runs import TAG_CODE, TAG_CONFIG, TAG_STAGE, code_version, config_hash, use_experiment
+    source = {"synthetic_run": plan.synthetic_run or "", "synthetic_data": plan.synthetic_data or ""}
+    if plan.synthetic_run:
+        found = get_run(plan.synthetic_run, "synthetic_run")
+        source["synthetic_run"] = found.info.run_id
+        return StageResult("synthesize", found.info.run_id, dict(found.data.metrics), reused=True), source
+    if plan.synthetic_data or not any(r > 0 for r in plan.ratios):
+        return None, source
+    once = lambda stage_params, **options: synthesize_stage.synthesize_once(stage_params, plan.study, options["tags"], plan.storage)  # noqa: E731
+    synthesis = steps("synthesize", once, passed_on(PARAMS, params, synthesize_stage.PARAMS, seed=0), {}, "")
+    source["synthetic_run"] = synthesis.run_id
+    return synthesis, source
 
-    key_hash = config_hash("main", key)
-    with storage_lock(storage, key_hash):
-        if resume(key_hash) is None:
-            experiment_id = use_experiment()
-            MlflowClient().create_run(experiment_id, run_name=run_name, tags={TAG_STAGE: "main", TAG_CONFIG: key_hash, TAG_CODE: code_version()})
+
+def _cell(params: dict, plan: Plan, steps: Steps, source: dict, seed: int, augment: str, ratio: float) -> dict:
+    """mix (ratio > 0) -> train -> evaluate for one cell; a failure is reported and the study goes on."""
+    import traceback
+
+    from pipelines._cli import DATA_KEYS, passed_on
+
+    cell = {"ratio": ratio, "augment": arm_name(augment), "seed": seed}
+    label = f"r{ratio:g}-{arm_name(augment)}-s{seed}"
+    first = seed == plan.seeds[0]  # pictures (Grad-CAM panels, misclassified images) for the first seed of each cell
+    try:
+        data = {key: params[key] for key in DATA_KEYS}
+        if ratio > 0:
+            mixed = steps("mix", mix_stage.mix, {**data, **source, "ratio": ratio, "seed": seed}, cell, f"{plan.study}-mix-{label}")
+            data = {"dataset_run": mixed.run_id, "data": params["data"]}
+        trained = steps("train", train_stage.train, passed_on(PARAMS, params, train_stage.PARAMS, **data, augment=augment, seed=seed), cell, f"{plan.study}-train-{label}")
+        evaluated = steps("evaluate", evaluate_stage.evaluate, passed_on(
+            PARAMS, params, evaluate_stage.PARAMS, train_run=trained.run_id, corruptions=",".join(plan.kinds), seed=seed,
+            saliency=params["saliency"] if first else 0, misclassified=16 if first else 0), cell, f"{plan.study}-evaluate-{label}")
+        return {**cell, "status": "ok", "train_run": trained.run_id, "evaluate_run": evaluated.run_id,
+                **{k: v for k, v in trained.metrics.items() if k.startswith("val/")}, **evaluated.metrics}
+    except Exception as error:
+        print(f"[synthmix] step of cell {label} failed, the study goes on: {error.__class__.__name__}: {error}", flush=True)
+        traceback.print_exc()
+        return {**cell, "status": "failed", "error": f"{error.__class__.__name__}: {error}"}
 
 
 def _cells_on_workers(storage: str, study: str, cells: list, run_cell) -> tuple[list[dict], int]:
@@ -312,8 +321,7 @@ def _cells_on_workers(storage: str, study: str, cells: list, run_cell) -> tuple[
     import optuna
     from optuna.trial import TrialState
 
-    from pipelines.sweep import open_study
-    from tracking.connect import storage_lock
+    from tracking.connect import open_study, storage_lock
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     grid = list(range(len(cells)))

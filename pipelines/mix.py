@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import click
 
-from pipelines._cli import data_params, defaults, option, optional, stage_command
+from pipelines._cli import data_params, defaults, option, stage_command
 
 MODES = ("replace", "add")  # as imaging.mixing.MODES, repeated so --help needs no pandas
 PARAMS = [
@@ -37,73 +37,6 @@ PARAMS = [
 DEFAULTS = defaults(PARAMS)
 
 
-def synthetic_source(params: dict) -> tuple[str | None, str | None]:
-    """(synthetic_run, synthetic_data): exactly one of them is given."""
-    from imaging.errors import InputError
-
-    run_id, folder = optional(params["synthetic_run"]), optional(params["synthetic_data"])
-    if bool(run_id) == bool(folder):
-        given = "both" if run_id else "neither"
-        raise InputError(f"{given} of synthetic_run and synthetic_data given; pass exactly one: a synthesize run's id (--synthetic-run) or a folder of class sub-folders (--synthetic-data).")
-    return run_id, folder
-
-
-def load_synthetic(params: dict):
-    """The synthetic candidates (all as train rows, local ones with absolute paths), the skipped-file count and the run, if any."""
-    from pathlib import Path
-
-    from imaging.datasets import scan_folder
-    from imaging.errors import InputError
-    from imaging.manifest import SPLITS, Manifest
-    from imaging.mixing import absolute_paths
-
-    run_id, folder = synthetic_source(params)
-    if run_id:
-        from tracking.lineage import run_manifest
-        from tracking.runs import get_run
-
-        run = get_run(run_id, "synthetic_run")
-        manifest = run_manifest(run.info.run_id, "synthetic_run")
-        rows = manifest.frame[manifest.frame["source"] == "synthetic"]
-        if rows.empty:
-            raise InputError(f"synthetic_run {run.info.run_id}'s dataset/manifest.csv lists no rows with source 'synthetic'; pass the id of a synthesize run.")
-        manifest = Manifest(rows.copy(), manifest.root, manifest.name, sorted(rows["label"].astype(str).unique()))
-        return absolute_paths(manifest), 0, run
-
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise InputError(f"synthetic_data {root} is not a folder; pass a folder whose sub-folders are the classes, holding synthetic images.")
-    split_folders = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name in SPLITS)
-    if split_folders:
-        raise InputError(f"synthetic_data {root} has split folders ({', '.join(split_folders)}); synthetic images are only trained on, so pass a folder of class sub-folders (e.g. {root / 'train'}).")
-    manifest, report = scan_folder(root, val_fraction=0, test_fraction=0, skip_bad_images=params["skip_bad_images"], max_pixels=params["max_pixels"], name=f"{root.name}-synthetic")
-    manifest.frame["source"] = "synthetic"
-    manifest.frame["split"] = "train"
-    return absolute_paths(manifest), report.skipped, None
-
-
-def sample_paths(manifest, folder) -> list:
-    """Local files of a few rows spread over `manifest`, downloading run artifacts one by one into `folder`."""
-    from pathlib import Path
-
-    import mlflow
-
-    from imaging.errors import InputError
-    from imaging.mixing import sample_rows
-
-    rows = sample_rows(manifest)
-    paths = []
-    for path, run_id in zip(rows.frame["path"], rows.frame["run_id"]):
-        if not run_id:
-            paths.append(Path(rows.root) / path)
-            continue
-        try:
-            paths.append(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(folder))))
-        except Exception as error:
-            raise InputError(f"the synthetic manifest lists {path} in run {run_id}, but that run has no such artifact; rerun the synthesize stage.") from error
-    return paths
-
-
 def metric_key(name: str) -> str:
     import re
 
@@ -115,17 +48,17 @@ def mix(params: dict, *, nested: bool = False, run_name: str | None = None, reus
     from pathlib import Path
 
     from imaging.mixing import check_ratio
-    from tracking.lineage import load_manifest
-    from tracking.runs import get_or_run, quiet_mlflow
+    from tracking.lineage import load_manifest, load_synthetic, synthetic_source
+    from tracking.runs import quiet_mlflow
+    from tracking.stage import cache_key, get_or_run
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
     check_ratio(params["ratio"], params["mode"])
     synthetic_source(params)  # before the real dataset is scanned, which can take a while
-
     real, report = load_manifest({**params, "dataset_run": ""})
     synthetic, synthetic_skipped, synthetic_run = load_synthetic(params)
-    key = {**params, "real_digest": real.digest, "synthetic_digest": synthetic.digest}
+    key = cache_key("mix", params, real_digest=real.digest, synthetic_digest=synthetic.digest)
     all_tags = {"synthmix.ratio": str(params["ratio"]), "synthmix.mode": params["mode"]}
     if synthetic_run is not None:
         all_tags["synthmix.synthetic_run"] = synthetic_run.info.run_id
@@ -135,19 +68,17 @@ def mix(params: dict, *, nested: bool = False, run_name: str | None = None, reus
         all_tags["synthmix.synthetic_data"] = str(Path(params["synthetic_data"]).expanduser().resolve())
     name = run_name or f"mix-{real.name}-r{params['ratio']:g}-{params['mode']}-s{params['seed']}"
     return get_or_run(
-        "mix", key, lambda: _prepare(params, real, report, synthetic, synthetic_skipped),
+        "mix", key, load=lambda: _draw(params, real, report, synthetic, synthetic_skipped), work=lambda run, drawn: _log_mix(*drawn),
         run_name=name, params=params, tags={**all_tags, **(tags or {})}, nested=nested, reuse=reuse,
     )
 
 
-def _prepare(params: dict, real, report, synthetic, synthetic_skipped: int):
-    """Draw the mix and check the formats (before any run exists); returns the logging that runs inside the run."""
+def _draw(params: dict, real, report, synthetic, synthetic_skipped: int):
+    """The mix, drawn and its formats checked before any run exists: (mixed manifest, synthetic candidates, metrics, format note)."""
     import tempfile
 
-    import mlflow
-
     from imaging.mixing import format_note, mix_manifests
-    from tracking.lineage import log_dataset, skipped_files
+    from tracking.lineage import sample_paths, skipped_files
 
     mixed = mix_manifests(real, synthetic, params["ratio"], params["total"] or None, params["mode"], params["seed"])
     train_rows = mixed.split("train")
@@ -156,7 +87,6 @@ def _prepare(params: dict, real, report, synthetic, synthetic_skipped: int):
     if chosen_synthetic.any():
         with tempfile.TemporaryDirectory() as folder:
             note = format_note(sample_paths(real.split("train"), folder), sample_paths(synthetic, folder), params["convert"])
-
     metrics: dict[str, float] = {}
     for label in mixed.classes:
         of_class = train_rows.frame["label"] == label
@@ -165,28 +95,28 @@ def _prepare(params: dict, real, report, synthetic, synthetic_skipped: int):
     synthetic_total, train_total = int(chosen_synthetic.sum()), len(train_rows)
     skipped = skipped_files(report)
     skipped["data/skipped_images"] = skipped.get("data/skipped_images", 0) + synthetic_skipped
-    metrics.update({
-        "mix/synthetic_total": synthetic_total,
-        "mix/real_total": train_total - synthetic_total,
-        "mix/synthetic_fraction": synthetic_total / train_total,
-        **skipped,
-    })
+    metrics.update({"mix/synthetic_total": synthetic_total, "mix/real_total": train_total - synthetic_total,
+                    "mix/synthetic_fraction": synthetic_total / train_total, **skipped})
+    return mixed, synthetic, metrics, note
 
-    def inside(run):
-        mlflow.set_tag("synthmix.dataset_digest", mixed.digest)
-        if note:
-            mlflow.set_tag("synthmix.convert_note", note)
-            print(f"[synthmix] note: {note}", flush=True)
-        # lineage: the splits of the mix, and which synthetic set fed it
-        log_dataset(mixed, {**{split: mixed.split(split) for split in ("train", "val", "test")}, "synthetic": synthetic})
-        mlflow.log_metrics(metrics)
-        return metrics, {"manifest": mixed}
 
-    return inside
+def _log_mix(mixed, synthetic, metrics: dict, note: str | None):
+    """Inside the run: the mix as the run's dataset (with the synthetic set that fed it) and its counts."""
+    import mlflow
+
+    from tracking.lineage import log_dataset
+
+    mlflow.set_tag("synthmix.dataset_digest", mixed.digest)
+    if note:
+        mlflow.set_tag("synthmix.convert_note", note)
+        print(f"[synthmix] note: {note}", flush=True)
+    log_dataset(mixed, {**{split: mixed.split(split) for split in ("train", "val", "test")}, "synthetic": synthetic})
+    mlflow.log_metrics(metrics)
+    return metrics, {"manifest": mixed}
 
 
 def run_command(**params):
-    result = mix(params)
+    result = mix(params, reuse=True)
     metrics = result.metrics
     click.echo(
         f"{metrics['mix/synthetic_total']} synthetic + {metrics['mix/real_total']} real training images "

@@ -116,10 +116,8 @@ def _descendants(client, parent) -> list:
 
 
 def _experiment_runs(client, experiment: str | None) -> tuple[list, str]:
-    from mlflow.tracking.fluent import _get_experiment_id
-
     from imaging.errors import InputError
-    from tracking.runs import use_experiment
+    from tracking.runs import command_experiment
 
     if experiment:
         found = client.get_experiment_by_name(experiment)
@@ -132,8 +130,7 @@ def _experiment_runs(client, experiment: str | None) -> tuple[list, str]:
             raise InputError(f"--experiment {experiment!r} is not an experiment in {client.tracking_uri}; give a name or id the MLflow UI lists.")
         experiment_id, what = found.experiment_id, f"experiment {found.name!r}"
     else:
-        use_experiment()
-        experiment_id = _get_experiment_id()
+        experiment_id = command_experiment()
         what = f"experiment {client.get_experiment(experiment_id).name!r}"
     return client.search_runs([experiment_id], "tags.`synthmix.stage` = 'train'", max_results=50000), what
 
@@ -322,4 +319,22 @@ def register(params: dict, *, runs: list[str] | None = None, echo=click.echo) ->
     return Registered(name, version, alias, best.run_id, metric, best.value, moved, message, uri, len(choice.ranked), previous, choice.ignored)
 
 
-command = stage_command("register", __doc__, PARAMS, lambda **params: register(params))
+def run_command(**params):
+    """The command: under `mlflow run`, the run MLflow made records what was registered."""
+    import os
+
+    project = os.environ.get("MLFLOW_RUN_ID")
+    if project:  # the experiment of "the current one" is the project run's
+        from mlflow.tracking import MlflowClient
+
+        os.environ["MLFLOW_EXPERIMENT_ID"] = MlflowClient().get_run(project).info.experiment_id
+    done = register(params)
+    if project:
+        from tracking.runs import NOTE, TAG_STAGE, set_tags
+
+        set_tags(project, {TAG_STAGE: "register", "synthmix.registered": f"models:/{done.name}/{done.version}", "synthmix.train_run": done.run_id,
+                           "mlflow.runName": f"register-{done.name}-v{done.version}", NOTE: done.message})
+        MlflowClient().log_metric(project, done.metric, done.value)
+
+
+command = stage_command("register", __doc__, PARAMS, run_command)

@@ -50,7 +50,7 @@ import click
 from pipelines import mix as mix_stage
 from pipelines import synthesize as synthesize_stage
 from pipelines import train as train_stage
-from pipelines._cli import DATA_KEYS, DEVICE, data_params, defaults, option, optional, pick, stage_command
+from pipelines._cli import DEVICE, data_params, defaults, option, optional, pick, stage_command
 
 PARAMS = [
     *data_params(),
@@ -138,7 +138,10 @@ def load_space(path: str | None) -> Space:
         file = Path(path)
         if not file.is_file():
             raise InputError(f"--space {path}: no such file; give a YAML or JSON file like the default space in `python -m pipelines sweep --help`.")
-        text = file.read_text()
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise InputError(f"--space {path} is not UTF-8 text (byte {error.start} is {error.object[error.start:error.start + 1]!r}); save it as a UTF-8 YAML or JSON file.") from None
         try:
             if file.suffix.lower() == ".json":
                 raw = json.loads(text)
@@ -244,25 +247,6 @@ def trial_seeded_sampler(kind: str, seed: int):
     return TrialSeeded()
 
 
-def open_study(storage_url: str, name: str, *, direction: str | None = None, sampler=None, pruner=None, heartbeat: int | None = None, on_stale=None):
-    """The Optuna study `name` in `storage_url` (created when missing), heartbeats on for database storage."""
-    import optuna
-
-    import warnings
-
-    from tracking.connect import check_reachable, storage_lock
-
-    check_reachable(storage_url, "Optuna storage", "start the database or fix --storage")
-    kwargs = {}
-    if heartbeat:
-        kwargs = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, "heartbeat_stale_trial_callback": on_stale}
-    # workers started at once on a fresh database would race to create Optuna's tables and the study
-    with storage_lock(storage_url, f"optuna-{name}"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are marked experimental
-        storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
-        return optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True)
-
-
 def finished_count(study) -> int:
     from optuna.trial import TrialState
 
@@ -273,59 +257,58 @@ def sweep(params: dict, *, nested: bool = False, run_name: str | None = None, re
     """Run trials of the shared study until it has n_trials finished ones; returns a StageResult of this worker's sweep run."""
     import optuna
 
-    from imaging.errors import InputError
-    from tracking.connect import shown
-    from tracking.lineage import load_manifest
-    from tracking.runs import get_or_run, quiet_mlflow
+    from imaging.corruptions import parse_val_corruption
+    from models.classifiers import check_model_name
+    from tracking.connect import check_reachable, shown
+    from tracking.lineage import check_synthetic, load_manifest
+    from tracking.runs import quiet_mlflow
+    from tracking.stage import cache_key, get_or_run
 
     quiet_mlflow()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     params = {**DEFAULTS, **params}
     space = load_space(optional(params["space"]))
-    from models.classifiers import check_model_name
-
     check_model_name(params["model"])  # before any trial
     if params["metric"] == "val_robust/acc":
-        from pipelines.train import parse_val_corruption
-
         parse_val_corruption(params["val_corruption"])
-    synthetic_run, synthetic_data = optional(params["synthetic_run"]), optional(params["synthetic_data"])
-    if synthetic_run and synthetic_data:
-        raise InputError("both synthetic_run and synthetic_data given; pass one of them (or neither, to synthesize with --generator).")
-    if space.may_use_synthetic():
-        if synthetic_run:
-            from tracking.runs import get_run
-
-            get_run(synthetic_run, "synthetic_run")
-        elif synthetic_data:
-            mix_stage.load_synthetic({**params, "synthetic_run": ""})
-    manifest, _ = load_manifest(params)
+    check_synthetic(params, needed=space.may_use_synthetic())
     storage_url = optional(params["storage"]) or DEFAULT_STORAGE
+    check_reachable(storage_url, "Optuna storage", "start the database or fix --storage")
+    manifest, _ = load_manifest(params)
     name = optional(params["study"]) or f"sweep-{manifest.name}-{params['model']}".replace("/", "_")
-    direction = params["direction"] if params["direction"] != "auto" else ("minimize" if params["metric"] == "val/loss" else "maximize")
-    key = {**params, "worker": f"{os.uname().nodename}-{os.getpid()}-{time.time_ns()}"}  # every worker its own sweep run
-
-    def prepare():
-        pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-                  "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=params["epochs"]),
-                  "none": optuna.pruners.NopPruner()}[params["pruner"]]
-        study = open_study(storage_url, name, direction=direction, sampler=trial_seeded_sampler(params["sampler"], params["seed"]),
-                           pruner=pruner, heartbeat=params["heartbeat"], on_stale=_stale_callback(params["retry_failed"]))
-        return lambda run: _work(run, params, manifest, space, study, name, (synthetic_run, synthetic_data))
-
-    result = get_or_run("sweep", key, prepare, run_name=run_name or f"{name}-worker", params={**params, "study": name, "storage": shown(storage_url)},
+    key = cache_key("sweep", params, worker=f"{os.uname().nodename}-{os.getpid()}-{time.time_ns()}")  # every worker its own sweep run
+    result = get_or_run("sweep", key, load=lambda: _open(params, storage_url, name), work=lambda run, study: _work(run, params, space, study, name, storage_url),
+                        run_name=run_name or f"{name}-worker", params={**params, "study": name, "storage": shown(storage_url)},
                         tags={"synthmix.sweep": name, "optuna.study": name, **(tags or {})}, nested=nested, reuse=False)
-    best = result.extra.get("best")
-    if best:
-        click.echo(f"[synthmix] study {name}: {result.extra['finished']} finished trials; best trial {best['number']}: {params['metric']} {best['value']:.4f} with {best['params']}")
+    _report(result, params, name)
+    return result
+
+
+def _open(params: dict, storage_url: str, name: str):
+    """The shared Optuna study with this worker's sampler, pruner and heartbeat."""
+    import optuna
+
+    from tracking.connect import open_study
+
+    pruner = {"median": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+              "hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=params["epochs"]),
+              "none": optuna.pruners.NopPruner()}[params["pruner"]]
+    direction = params["direction"] if params["direction"] != "auto" else ("minimize" if params["metric"] == "val/loss" else "maximize")
+    return open_study(storage_url, name, direction=direction, sampler=trial_seeded_sampler(params["sampler"], params["seed"]),
+                      pruner=pruner, heartbeat=params["heartbeat"], on_stale=_stale_callback(params["retry_failed"]))
+
+
+def _report(result, params: dict, name: str) -> None:
     from mlflow.tracking import MlflowClient
 
     from tracking.runs import runs_table_url
 
+    best = result.extra.get("best")
+    if best:
+        click.echo(f"[synthmix] study {name}: {result.extra['finished']} finished trials; best trial {best['number']}: {params['metric']} {best['value']:.4f} with {best['params']}")
     experiment_id = MlflowClient().get_run(result.run_id).info.experiment_id
     trials = "tags.`optuna.study` = '" + name + "' AND tags.`synthmix.stage` = 'trial'"
     click.echo(f"[synthmix] its trials in the MLflow UI: {runs_table_url(experiment_id, trials)}")
-    return result
 
 
 def _stale_callback(retries: int):
@@ -357,86 +340,102 @@ class _Surplus(Exception):
     """The study already has its n_trials (finished or running) before this trial."""
 
 
-def _work(run, params: dict, manifest, space: Space, study, name: str, synthetic: tuple):
+def _work(run, params: dict, space: Space, study, name: str, storage_url: str):
+    """Inside this worker's sweep run: synthesize once (shared by the workers), then trials until the study has n_trials."""
+    import mlflow
+
+    from pipelines._cli import DATA_KEYS, passed_on
+
+    source = {"synthetic_run": optional(params["synthetic_run"]) or "", "synthetic_data": optional(params["synthetic_data"]) or ""}
+    if space.may_use_synthetic() and not any(source.values()):
+        made = synthesize_stage.synthesize_once(passed_on(PARAMS, params, synthesize_stage.PARAMS, seed=0), name, {"synthmix.sweep": name}, storage_url)
+        source["synthetic_run"] = made.run_id
+    elif source["synthetic_run"]:
+        source["synthetic_run"] = _followed(source["synthetic_run"])
+    mlflow.set_tag("synthmix.synthetic_run", source["synthetic_run"])
+    mine = {"trials": 0, "surplus": 0, "failed_in_a_row": 0}
+    data = {key: params[key] for key in DATA_KEYS}
+    objective = lambda trial: _trial(trial, params, space, study, name, data, source, mine)  # noqa: E731
+    if finished_count(study) < params["n_trials"]:
+        print(f"[synthmix] study {name}: {finished_count(study)} of {params['n_trials']} trials finished; joining", flush=True)
+        study.optimize(objective, callbacks=[_enough(params, mine)], catch=(Exception,), gc_after_trial=True)
+    return _summary(run, study, params, mine)
+
+
+def _followed(run_id: str) -> str:
+    from tracking.runs import get_run
+
+    return get_run(run_id, "synthetic_run").info.run_id
+
+
+def _trial(trial, params: dict, space: Space, study, name: str, data: dict, source: dict, mine: dict) -> float:
+    """One trial as a nested run: mix at its ratio (reused when the same mix exists), train in-process, report per epoch for pruning."""
     import mlflow
     import optuna
     from optuna.trial import TrialState
 
-    from pipelines.mix import mix
-    from pipelines.synthesize import synthesize
-    from pipelines.train import train
-    from tracking.runs import config_hash, is_pruned, stage_run
+    from pipelines._cli import passed_on
+    from tracking.stage import cache_key, is_pruned, nested_run
 
-    target = params["n_trials"]
-    data = {key: params[key] for key in DATA_KEYS}
-    source = {"synthetic_run": synthetic[0] or "", "synthetic_data": synthetic[1] or ""}
-    if space.may_use_synthetic() and not any(synthetic):
-        made = synthesize({**data, "generator": params["generator"], "per_class": params["per_class"], "seed": 0, "device": params["device"]},
-                          nested=True, reuse=True, run_name=f"{name}-synthesize-{params['generator']}", tags={"synthmix.sweep": name})
-        source["synthetic_run"] = made.run_id
-    mlflow.set_tag("synthmix.synthetic_run", source["synthetic_run"])
-    mine = {"trials": 0, "surplus": 0, "failed_in_a_row": 0}
+    live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+    if sum(1 for t in live if t.number < trial.number) >= params["n_trials"]:
+        trial.set_user_attr("synthmix.surplus", "the study had its n_trials before this trial started")
+        raise _Surplus()
+    values = space.suggest(trial)
+    augment = augment_spec(values)
+    trial_tags = {"synthmix.sweep": name, "optuna.study": name, "optuna.trial": str(trial.number), "optuna.state": "RUNNING",
+                  "synthmix.ratio": str(values.get("ratio", 0.0)), "synthmix.augment": augment or "none"}
+    with nested_run("trial", f"{name}-trial-{trial.number:03d}", {**values, "augment": augment, "trial": trial.number}, trial_tags,
+                    cache_key("trial", values, study=name, trial=trial.number)) as trial_run:
+        trial.set_user_attr("mlflow_run_id", trial_run.info.run_id)
+        mine["trials"] += 1
+        try:
+            training = dict(data)
+            if values.get("ratio", 0.0) > 0:
+                mixed = mix_stage.mix({**data, **source, "ratio": values["ratio"], "seed": params["seed"]}, nested=True, reuse=True,
+                                      run_name=f"{name}-mix-r{values['ratio']:.3f}", tags={"synthmix.sweep": name})
+                training = {"dataset_run": mixed.run_id, "data": params["data"]}
 
-    def objective(trial):
-        live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        if sum(1 for t in live if t.number < trial.number) >= target:
-            trial.set_user_attr("synthmix.surplus", "the study had its n_trials before this trial started")
-            raise _Surplus()
-        values = space.suggest(trial)
-        augment = augment_spec(values)
-        trial_tags = {"synthmix.sweep": name, "optuna.study": name, "optuna.trial": str(trial.number), "optuna.state": "RUNNING",
-                      "synthmix.ratio": str(values.get("ratio", 0.0)), "synthmix.augment": augment or "none"}
-        logged = {**values, "augment": augment, "trial": trial.number}
-        with stage_run("trial", f"{name}-trial-{trial.number:03d}", logged, trial_tags, nested=True,
-                       key_hash=config_hash("trial", {"study": name, "trial": trial.number, **values})) as trial_run:
-            trial.set_user_attr("mlflow_run_id", trial_run.info.run_id)
-            mine["trials"] += 1
-            try:
-                training = dict(data)
-                if values.get("ratio", 0.0) > 0:
-                    mixed = mix({**data, **source, "ratio": values["ratio"], "seed": params["seed"]}, nested=True, reuse=True,
-                                run_name=f"{name}-mix-r{values['ratio']:.3f}", tags={"synthmix.sweep": name})
-                    training = {"dataset_run": mixed.run_id, "data": params["data"]}
+            def report(epoch: int, metrics: dict):
+                trial.report(metrics[params["metric"]], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} with {params['metric']} {metrics[params['metric']]:.4f}")
 
-                def report(epoch: int, metrics: dict):
-                    trial.report(metrics[params["metric"]], epoch)
-                    if trial.should_prune():
-                        raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} with {params['metric']} {metrics[params['metric']]:.4f}")
+            chosen = {k: values[k] for k in ("batch_size", "lr", "weight_decay") if k in values}
+            trained = train_stage.train(passed_on(PARAMS, params, train_stage.PARAMS, **training, **chosen, augment=augment, seed=params["seed"],
+                                                  val_corruption=params["val_corruption"] if params["metric"] == "val_robust/acc" else ""),
+                                        nested=True, reuse=True, on_epoch=report, run_name=f"{name}-train-{trial.number:03d}",
+                                        tags={"synthmix.sweep": name, "optuna.trial": str(trial.number)})
+        except BaseException as error:
+            mlflow.set_tag("optuna.state", "PRUNED" if is_pruned(error) else "FAIL")
+            raise
+        value = trained.metrics[params["metric"]]
+        trial.set_user_attr("train_run_id", trained.run_id)
+        mlflow.log_metric(params["metric"], value)
+        mlflow.set_tag("optuna.state", "COMPLETE")
+        return value
 
-                trained = train({**training, "model": params["model"], "epochs": params["epochs"], "batch_size": values.get("batch_size", params["batch_size"]),
-                                 "lr": values.get("lr", train_stage.DEFAULTS["lr"]), "weight_decay": values.get("weight_decay", 0.0),
-                                 "augment": augment, "seed": params["seed"], "device": params["device"],
-                                 "val_corruption": params["val_corruption"] if params["metric"] == "val_robust/acc" else ""},
-                                nested=True, reuse=True, on_epoch=report, run_name=f"{name}-train-{trial.number:03d}",
-                                tags={"synthmix.sweep": name, "optuna.trial": str(trial.number)})
-            except BaseException as error:
-                mlflow.set_tag("optuna.state", "PRUNED" if is_pruned(error) else "FAIL")
-                raise
-            value = trained.metrics[params["metric"]]
-            trial.set_user_attr("train_run_id", trained.run_id)
-            mlflow.log_metric(params["metric"], value)
-            mlflow.set_tag("optuna.state", "COMPLETE")
-            return value
 
-    def enough(study_, trial):
+def _enough(params: dict, mine: dict):
+    """Optuna callback: stop this worker when the study has n_trials, or after 3 failed trials in a row."""
+    from optuna.trial import TrialState
+
+    def callback(study, trial):
         failed = trial.state == TrialState.FAIL and not trial.user_attrs.get("synthmix.surplus")
         mine["failed_in_a_row"] = mine["failed_in_a_row"] + 1 if failed else 0
         if mine["failed_in_a_row"] >= 3:  # something is wrong with every trial; its traceback is above
             print("[synthmix] 3 trials in a row failed on this worker; it stops (the study keeps its trials)", flush=True)
-            study_.stop()
+            study.stop()
         elif trial.user_attrs.get("synthmix.surplus"):
             mine["surplus"] += 1
-            if finished_count(study_) >= target:
-                study_.stop()
+            if finished_count(study) >= params["n_trials"]:
+                study.stop()
             else:  # trials of other workers are still running (or a dead one's not yet failed): look again later
                 time.sleep(params["heartbeat"])
-        elif finished_count(study_) >= target:
-            study_.stop()
+        elif finished_count(study) >= params["n_trials"]:
+            study.stop()
 
-    if finished_count(study) < target:
-        print(f"[synthmix] study {name}: {finished_count(study)} of {target} trials finished; joining", flush=True)
-        study.optimize(objective, callbacks=[enough], catch=(Exception,), gc_after_trial=True)
-    return _summary(run, study, params, mine)
+    return callback
 
 
 def _summary(run, study, params: dict, mine: dict):

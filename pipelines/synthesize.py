@@ -24,11 +24,14 @@ synth/detectability (held-out accuracy of a real-vs-synthetic classifier;
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from pipelines._cli import DEVICE, data_params, defaults, option, optional, stage_command
 
 GENERATORS = ("dcgan", "vae", "ddpm", "stable-diffusion", "img2img")
+TRAINED = ("dcgan", "vae", "ddpm")  # trained here on the real train split; the others are pretrained pipelines
 DEFAULT_PROMPT = "A photorealistic, highly detailed 8K photograph of a {label} in various settings and poses, natural lighting, sharp focus"
 PARAMS = [
     *data_params(help_suffix=" Generators are trained on (and img2img starts from) its train split only."),
@@ -112,7 +115,8 @@ def synthesize(params: dict, *, nested: bool = False, run_name: str | None = Non
     from imaging.images import open_image
     from imaging.manifest import native_format, real_only
     from tracking.lineage import load_manifest
-    from tracking.runs import get_or_run, get_run, has_artifact, quiet_mlflow
+    from tracking.runs import quiet_mlflow
+    from tracking.stage import cache_key, get_or_run
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
@@ -122,193 +126,286 @@ def synthesize(params: dict, *, nested: bool = False, run_name: str | None = Non
     if params["per_class"] < 0 or params["epochs"] < 0 or params["steps"] < 0:
         raise InputError("--per-class, --epochs and --steps count things and must be 0 (the default) or more.")
     manifest, _ = load_manifest({**params, "dataset_run": ""})
-    train_rows, test_rows = real_only(manifest.split("train")), manifest.split("test")
+    train_rows = real_only(manifest.split("train"))
     classes = list(manifest.classes)
     channels, size = native_format(manifest)
-    first = train_rows.local_paths()[0]
-    image_format = "JPEG" if open_image(first.read_bytes()).format == "JPEG" else "PNG"
+    image_format = "JPEG" if open_image(train_rows.local_paths()[0].read_bytes()).format == "JPEG" else "PNG"
     per_class = params["per_class"] or int(train_rows.frame["label"].value_counts().max())
-
-    trained_kind = kind in ("dcgan", "vae", "ddpm")
-    if trained_kind and optional(params["generator_run"]):
-        source_run = get_run(params["generator_run"], "generator_run")
-        if not has_artifact(source_run.info.run_id, "generator/generator.pt"):
-            raise InputError(f"generator_run {source_run.info.run_id} has no generator/generator.pt; pass a synthesize run that trained a dcgan, vae or ddpm.")
-        trained_classes = source_run.data.params.get("classes", "")
-        if trained_classes and trained_classes != ",".join(classes):
-            raise InputError(f"generator_run {source_run.info.run_id} was trained on classes {trained_classes.split(',')}, but the data has {classes}; use the same data.")
-    prompts = {}
-    if not trained_kind:
-        if not optional(params["model_id"]):
-            raise InputError(f"--generator {kind} needs --model-id: a Stable Diffusion folder saved with save_pretrained, or a hub id.")
-        prompts = class_prompts(params, classes)
-
-    logged = {**params, "per_class": per_class, "classes": ",".join(classes)}
-    key = {**{k: v for k, v in logged.items() if k not in NOT_HASHED}, "train_digest": train_rows.digest, "test_digest": test_rows.digest}
-    name = run_name or f"synthesize-{kind}-{manifest.name}-s{params['seed']}"
-    setup = dict(manifest=manifest, train_rows=train_rows, test_rows=test_rows, classes=classes, channels=channels, size=size,
-                 image_format=image_format, per_class=per_class, prompts=prompts)
+    generator_run = _check_generator_run(params, classes) if kind in TRAINED else None
+    prompts = {} if kind in TRAINED else _check_pipeline(params, classes)
+    target = Target(manifest, train_rows, manifest.split("test"), classes, channels, size, image_format, per_class, prompts, generator_run)
+    logged = {**params, "generator_run": generator_run or "", "per_class": per_class, "classes": ",".join(classes)}
+    key = cache_key("synthesize", logged, NOT_HASHED, train_digest=train_rows.digest, test_digest=target.test_rows.digest)
     return get_or_run(
-        "synthesize", key, lambda: _prepare(params, **setup),
-        run_name=name, params=logged, tags={"synthmix.generator": kind, **(tags or {})}, nested=nested, reuse=reuse,
+        "synthesize", key, load=lambda: _load_generator(params, target), work=lambda run, source: _synthesize(run, params, target, source),
+        run_name=run_name or f"synthesize-{kind}-{manifest.name}-s{params['seed']}", params=logged,
+        tags={"synthmix.generator": kind, **(tags or {})}, nested=nested, reuse=reuse,
     )
 
 
-def _prepare(params: dict, *, manifest, train_rows, test_rows, classes, channels, size, image_format, per_class, prompts):
-    """Load the generator or the Stable Diffusion pipeline (before any run exists); returns the
-    sampling, writing and scoring that run inside the run."""
-    import hashlib
-    import io
-    import tempfile
-    import time
-    from pathlib import Path
+def synthesize_once(params: dict, name: str, tags: dict, storage: str | None = None):
+    """The synthesis a study or a sweep's workers share: run (or reuse) once; workers of one --storage
+    wait for the first, under a lock in that storage, and reuse its run."""
+    import contextlib
 
-    import mlflow
-    import numpy as np
-    import pandas as pd
-    import torch
-    from PIL import Image
+    from tracking.connect import storage_lock
 
-    from imaging.batches import cached_tensors
+    with storage_lock(storage, f"synthesize-{name}") if storage else contextlib.nullcontext():
+        return synthesize(params, nested=True, reuse=True, run_name=f"{name}-synthesize-{params['generator']}", tags=tags)
+
+
+@dataclass
+class Target:
+    """What the synthetic images must match and where they come from, resolved before any run exists."""
+
+    manifest: object
+    train_rows: object  # the real train split: the only images a generator learns from
+    test_rows: object
+    classes: list
+    channels: int
+    size: int
+    image_format: str  # PNG or JPEG, as the real images
+    per_class: int
+    prompts: dict  # class -> prompt (Stable Diffusion)
+    generator_run: str | None  # the synthesize run whose generator is sampled (a pointer followed)
+
+
+def _check_generator_run(params: dict, classes: list[str]) -> str | None:
+    """--generator-run's id (a pointer followed), checked: it holds a generator trained on these classes."""
     from imaging.errors import InputError
-    from imaging.manifest import Manifest
+    from tracking.runs import get_run, has_artifact
+
+    if not optional(params["generator_run"]):
+        return None
+    run = get_run(params["generator_run"], "generator_run")
+    if not has_artifact(run.info.run_id, "generator/generator.pt"):
+        raise InputError(f"generator_run {run.info.run_id} has no generator/generator.pt; pass a synthesize run that trained a dcgan, vae or ddpm.")
+    trained_classes = run.data.params.get("classes", "")
+    if trained_classes and trained_classes != ",".join(classes):
+        raise InputError(f"generator_run {run.info.run_id} was trained on classes {trained_classes.split(',')}, but the data has {classes}; use the same data.")
+    return run.info.run_id
+
+
+def _check_pipeline(params: dict, classes: list[str]) -> dict[str, str]:
+    from imaging.errors import InputError
+
+    if not optional(params["model_id"]):
+        raise InputError(f"--generator {params['generator']} needs --model-id: a Stable Diffusion folder saved with save_pretrained, or a hub id.")
+    return class_prompts(params, classes)
+
+
+def _load_generator(params: dict, target: Target):
+    """(generator or None to train one, Stable Diffusion pipeline or None), loaded before any run exists."""
+    import mlflow
+
+    from imaging.errors import InputError
     from pipelines._cli import resolve_device
-    from tracking.figures import class_rows_figure, log_figure, montage
-    from tracking.lineage import log_dataset
 
-    kind = params["generator"]
-    trained_kind = kind in ("dcgan", "vae", "ddpm")
     device = resolve_device(params["device"])
-    generator = pipe = None
-    if trained_kind and optional(params["generator_run"]):
-        from models.generators import load_generator
-
-        generator = load_generator(mlflow.artifacts.download_artifacts(run_id=params["generator_run"], artifact_path="generator/generator.pt"), device)
-        if generator.kind != kind:
-            raise InputError(f"generator_run {params['generator_run']} holds a {generator.kind}, not a {kind}; pass --generator {generator.kind}.")
-    if not trained_kind:
+    kind = params["generator"]
+    if kind not in TRAINED:
         from models.generators.diffusion import load_img2img, load_text2img
 
         loader = load_text2img if kind == "stable-diffusion" else load_img2img
-        pipe = loader(params["model_id"], device, scheduler=optional(params["scheduler"]))
+        return None, loader(params["model_id"], device, scheduler=optional(params["scheduler"])), device
+    if not target.generator_run:
+        return None, None, device
+    from models.generators import load_generator
 
-    def inside(run):
-        nonlocal generator
-        with tempfile.TemporaryDirectory() as folder:
-            out = Path(folder)
-            log_dataset(train_rows, {"generator_train": train_rows}, artifact=False)
-            labels = torch.arange(len(classes)).repeat_interleave(per_class)
-            rows = []
-            if trained_kind:
-                from models.generators import image_seed, train_generator
+    generator = load_generator(mlflow.artifacts.download_artifacts(run_id=target.generator_run, artifact_path="generator/generator.pt"), device)
+    if generator.kind != kind:
+        raise InputError(f"generator_run {target.generator_run} holds a {generator.kind}, not a {kind}; pass --generator {generator.kind}.")
+    return generator, None, device
 
-                if generator is None:
-                    images, image_labels = cached_tensors(train_rows, channels, size)
-                    options = {k: v for k, v in (("epochs", params["epochs"]), ("batch_size", params["batch_size"]), ("lr", params["lr"])) if v}
-                    started = time.perf_counter()
-                    generator = train_generator(kind, images, image_labels, len(classes), seed=params["seed"], device=device,
-                                                on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), **options)
-                    mlflow.log_metric("perf/train_seconds", time.perf_counter() - started)
-                    generator.save(out / "generator.pt")
-                    mlflow.log_artifact(str(out / "generator.pt"), "generator")
-                    mlflow.log_dict(generator.config, "generator/config.json")
-                started = time.perf_counter()
-                steps = params["steps"] or None
-                samples = generator.sample(labels, params["seed"], steps=steps, progress=True)
-                mlflow.log_metric("perf/imgs_per_s", len(labels) / (time.perf_counter() - started))
-                arrays = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()) for image in samples]
-                if (samples.shape[1], samples.shape[2]) != (channels, size):
-                    arrays = [_to_real_format(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a), channels, size) for a in arrays]
-                for index, label in enumerate(labels.tolist()):
-                    rows.append({"label": classes[label], "seed": image_seed(params["seed"], index), "generator": kind, "prompt": "", "source_image": ""})
+
+def _synthesize(run, params: dict, target: Target, source):
+    """Inside the run: sample (training the generator first where needed), write the images, log the dataset, samples and quality."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import pandas as pd
+    import torch
+
+    from imaging.manifest import Manifest
+    from tracking.lineage import log_dataset
+
+    generator, pipe, device = source
+    log_dataset(target.train_rows, {"generator_train": target.train_rows}, artifact=False)
+    labels = torch.arange(len(target.classes)).repeat_interleave(target.per_class)
+    with tempfile.TemporaryDirectory() as folder:
+        if params["generator"] in TRAINED:
+            generator = generator or _train_generator(params, target, device, Path(folder))
+            arrays, rows = _sample_trained(params, target, generator, labels)
+        else:
+            arrays, rows = _sample_pipeline(params, target, pipe, labels)
+        _write_images(Path(folder), run.info.run_id, target, arrays, rows, target.generator_run or run.info.run_id)
+        mlflow.log_artifacts(str(Path(folder) / "images"), "images")
+    synthetic = Manifest(pd.DataFrame(rows), target.manifest.root, f"{target.manifest.name}-{params['generator']}", target.classes)
+    log_dataset(synthetic, {"synthetic": synthetic})
+    _log_samples(params["generator"], target.classes, arrays, labels)
+    metrics = {"synth/images": len(rows), **(_quality(params, target, arrays, labels, device) if params["quality"] else {})}
+    mlflow.log_metrics(metrics)
+    summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "synth/images")
+    print(f"[synthmix] wrote {len(rows)} synthetic images ({target.per_class} per class)  {summary}", flush=True)
+    return metrics, {"manifest": synthetic}
+
+
+def _train_generator(params: dict, target: Target, device, folder):
+    """Train a dcgan, vae or ddpm on the real train split; its curves, checkpoint and config are logged."""
+    import time
+
+    import mlflow
+
+    from imaging.batches import cached_tensors
+    from models.generators import train_generator
+
+    images, image_labels = cached_tensors(target.train_rows, target.channels, target.size)
+    options = {k: params[k] for k in ("epochs", "batch_size", "lr") if params[k]}
+    started = time.perf_counter()
+    generator = train_generator(params["generator"], images, image_labels, len(target.classes), seed=params["seed"], device=device,
+                                on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), **options)
+    mlflow.log_metric("perf/train_seconds", time.perf_counter() - started)
+    generator.save(folder / "generator.pt")
+    mlflow.log_artifact(str(folder / "generator.pt"), "generator")
+    mlflow.log_dict(generator.config, "generator/config.json")
+    return generator
+
+
+def _sample_trained(params: dict, target: Target, generator, labels):
+    """(uint8 HWC arrays in the real format, manifest rows) sampled from a trained generator; image i's seed is recorded."""
+    import time
+
+    import mlflow
+    import numpy as np
+    from PIL import Image
+
+    from models.generators import image_seed
+
+    started = time.perf_counter()
+    samples = generator.sample(labels, params["seed"], steps=params["steps"] or None, progress=True)
+    mlflow.log_metric("perf/imgs_per_s", len(labels) / (time.perf_counter() - started))
+    arrays = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()) for image in samples]
+    if (samples.shape[1], samples.shape[2]) != (target.channels, target.size):
+        arrays = [_to_real_format(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a), target.channels, target.size) for a in arrays]
+    rows = [{"label": target.classes[label], "seed": image_seed(params["seed"], index), "generator": params["generator"], "prompt": "", "source_image": ""}
+            for index, label in enumerate(labels.tolist())]
+    return arrays, rows
+
+
+def _sample_pipeline(params: dict, target: Target, pipe, labels):
+    """(arrays, manifest rows) from Stable Diffusion (text-to-image, or img2img over the real train images)."""
+    from models.generators.base import image_seed
+
+    wanted = [target.classes[i] for i in labels.tolist()]
+    seeds = [image_seed(params["seed"], i) for i in range(len(wanted))]
+    sources, source_images = _img2img_sources(target, pipe, wanted) if params["generator"] == "img2img" else ([""] * len(wanted), None)
+    results = _generate_with_retries(params, target, pipe, wanted, seeds, source_images)
+    arrays = [_to_real_format(image, target.channels, target.size) for image in results]
+    rows = [{"label": label, "seed": seeds[index], "generator": params["generator"], "prompt": target.prompts[label], "source_image": sources[index]}
+            for index, label in enumerate(wanted)]
+    return arrays, rows
+
+
+def _img2img_sources(target: Target, pipe, wanted: list[str]):
+    """(source path per output, source images at the pipeline's resolution): each class's real train images in turn."""
+    from PIL import Image
+
+    frame = target.train_rows.frame
+    by_class = {label: group["path"].tolist() for label, group in frame.groupby("label")}
+    paths = dict(zip(frame["path"], target.train_rows.local_paths()))
+    order = {label: 0 for label in target.classes}
+    sources = []
+    for label in wanted:
+        sources.append(by_class[label][order[label] % len(by_class[label])])
+        order[label] += 1
+    # the pipeline works at its own resolution; outputs come back to the real size later
+    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return sources, [Image.open(paths[path]).convert("RGB").resize((native, native), Image.Resampling.BICUBIC) for path in sources]
+
+
+def _generate_with_retries(params: dict, target: Target, pipe, wanted: list[str], seeds: list[int], source_images) -> list:
+    """The pipeline's images; one the safety checker blanked is dropped and tried again with a fresh seed (`seeds` is updated)."""
+    import time
+
+    import mlflow
+
+    from models.generators.base import image_seed
+    from models.generators.diffusion import generate_img2img, generate_text2img
+
+    options = {"negative_prompt": optional(params["negative_prompt"]), "guidance_scale": params["guidance_scale"], "steps": params["steps"] or 25, "batch_size": params["sd_batch_size"]}
+    started, dropped = time.perf_counter(), 0
+    results: list = [None] * len(wanted)
+    pending = list(range(len(wanted)))
+    for attempt in range(MAX_SAFETY_RETRIES + 1):
+        if not pending:
+            break
+        prompts = [target.prompts[wanted[i]] for i in pending]
+        if params["generator"] == "stable-diffusion":
+            made = generate_text2img(pipe, prompts, [seeds[i] for i in pending], **options)
+        else:
+            made = generate_img2img(pipe, [source_images[i] for i in pending], prompts, [seeds[i] for i in pending], strength=params["strength"], **options)
+        still = []
+        for index, (image, flagged) in zip(pending, made):
+            if flagged:  # the safety checker blanked it: drop it, try a fresh seed
+                dropped += 1
+                seeds[index] = image_seed(params["seed"] + 7919 * (attempt + 1), index)
+                still.append(index)
             else:
-                from models.generators.base import image_seed
-                from models.generators.diffusion import generate_img2img, generate_text2img
-
-                options = {"negative_prompt": optional(params["negative_prompt"]), "guidance_scale": params["guidance_scale"], "steps": params["steps"] or 25, "batch_size": params["sd_batch_size"]}
-                wanted = [classes[i] for i in labels.tolist()]
-                seeds = [image_seed(params["seed"], i) for i in range(len(wanted))]
-                sources: list[str] = [""] * len(wanted)
-                source_images = None
-                if kind == "img2img":
-                    by_class = {label: group for label, group in train_rows.frame.groupby("label")}
-                    paths = dict(zip(train_rows.frame["path"], train_rows.local_paths()))
-                    order = {label: 0 for label in classes}
-                    for index, label in enumerate(wanted):
-                        group = by_class[label]["path"].tolist()
-                        sources[index] = group[order[label] % len(group)]  # cycle through the class's real images
-                        order[label] += 1
-                    # the pipeline works at its own resolution; outputs come back to the real size below
-                    native = pipe.unet.config.sample_size * pipe.vae_scale_factor
-                    source_images = [Image.open(paths[path]).convert("RGB").resize((native, native), Image.Resampling.BICUBIC) for path in sources]
-                started = time.perf_counter()
-                dropped = 0
-                results: list = [None] * len(wanted)
-                pending = list(range(len(wanted)))
-                for attempt in range(MAX_SAFETY_RETRIES + 1):
-                    if not pending:
-                        break
-                    batch_prompts = [prompts[wanted[i]] for i in pending]
-                    batch_seeds = [seeds[i] for i in pending]
-                    if kind == "stable-diffusion":
-                        made = generate_text2img(pipe, batch_prompts, batch_seeds, **options)
-                    else:
-                        made = generate_img2img(pipe, [source_images[i] for i in pending], batch_prompts, batch_seeds, strength=params["strength"], **options)
-                    still = []
-                    for index, (image, flagged) in zip(pending, made):
-                        if flagged:  # the safety checker blanked it: drop it, try a fresh seed
-                            dropped += 1
-                            seeds[index] = image_seed(params["seed"] + 7919 * (attempt + 1), index)
-                            still.append(index)
-                        else:
-                            results[index] = image
-                    pending = still
-                if pending:
-                    raise RuntimeError(f"the safety checker blanked {len(pending)} images {MAX_SAFETY_RETRIES + 1} times each; change the prompt or the model")
-                mlflow.log_metrics({"perf/imgs_per_s": len(wanted) / (time.perf_counter() - started), "synth/safety_dropped": dropped})
-                arrays = [_to_real_format(image, channels, size) for image in results]
-                for index, label in enumerate(wanted):
-                    rows.append({"label": label, "seed": seeds[index], "generator": kind, "prompt": prompts[label], "source_image": sources[index]})
-
-            # files in the real images' format, one folder per class
-            counters = {label: 0 for label in classes}
-            suffix = ".jpg" if image_format == "JPEG" else ".png"
-            for row, array in zip(rows, arrays):
-                relative = f"images/{row['label']}/{counters[row['label']]:05d}{suffix}"
-                counters[row["label"]] += 1
-                buffer = io.BytesIO()
-                Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
-                (out / relative).parent.mkdir(parents=True, exist_ok=True)
-                (out / relative).write_bytes(buffer.getvalue())
-                row.update({"path": relative, "split": "train", "source": "synthetic", "run_id": run.info.run_id, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest(), "generator_run": params["generator_run"] or run.info.run_id})
-            mlflow.log_artifacts(str(out / "images"), "images")
-            synthetic = Manifest(pd.DataFrame(rows), manifest.root, f"{manifest.name}-{kind}", classes)
-            log_dataset(synthetic, {"synthetic": synthetic})
-            stacked = np.stack(arrays)
-            for label_index, label in enumerate(classes):
-                chosen = np.flatnonzero(labels.numpy() == label_index)[:32]
-                mlflow.log_image(montage(stacked[chosen], columns=8), f"samples/{label}.png")  # each image's seed is in the manifest
-            first = [stacked[np.flatnonzero(labels.numpy() == i)[:SAMPLES_PER_ROW]] for i in range(len(classes))]
-            log_figure(class_rows_figure(first, classes, f"{kind}: the first {SAMPLES_PER_ROW} synthetic images of each class"), "samples/all_classes.png")
-
-            metrics = {"synth/images": len(rows)}
-            if params["quality"]:
-                from models.quality import classification_accuracy_score, detectability, features, fit_classifier, frechet_distance
-
-                synthetic_images = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
-                test_images, test_labels = cached_tensors(Manifest(test_rows.frame, test_rows.root, test_rows.name, classes), channels, size)
-                real_images, real_labels = cached_tensors(train_rows, channels, size)
-                epochs = params["quality_epochs"]
-                metrics["synth/cas"] = classification_accuracy_score(synthetic_images, labels, test_images, test_labels, len(classes), epochs=epochs, seed=params["seed"], device=device)
-                reference = fit_classifier(real_images, real_labels, len(classes), epochs=epochs, seed=params["seed"], device=device, desc="reference")
-                metrics["synth/fid"] = frechet_distance(features(reference, test_images, device), features(reference, synthetic_images, device))
-                metrics["synth/detectability"] = detectability(real_images, synthetic_images, epochs=max(1, epochs // 2), seed=params["seed"], device=device)
-            mlflow.log_metrics(metrics)
-            summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "synth/images")
-            print(f"[synthmix] wrote {len(rows)} synthetic images ({per_class} per class)  {summary}", flush=True)
-            return metrics, {"manifest": synthetic}
-
-    return inside
+                results[index] = image
+        pending = still
+    if pending:
+        raise RuntimeError(f"the safety checker blanked {len(pending)} images {MAX_SAFETY_RETRIES + 1} times each; change the prompt or the model")
+    mlflow.log_metrics({"perf/imgs_per_s": len(wanted) / (time.perf_counter() - started), "synth/safety_dropped": dropped})
+    return results
 
 
-command = stage_command("synthesize", __doc__, PARAMS, lambda **params: synthesize(params))
+def _write_images(folder, run_id: str, target: Target, arrays: list, rows: list[dict], generator_run: str) -> None:
+    """images/<class>/<index> in the real images' format; each row gets its path, source, run and sha256."""
+    from imaging.images import suffix_for, write_as
+
+    counters = {label: 0 for label in target.classes}
+    for row, array in zip(rows, arrays):
+        relative = f"images/{row['label']}/{counters[row['label']]:05d}{suffix_for(target.image_format)}"
+        counters[row["label"]] += 1
+        sha256 = write_as(folder, relative, array, target.image_format)
+        row.update({"path": relative, "split": "train", "source": "synthetic", "run_id": run_id, "sha256": sha256, "generator_run": generator_run})
+
+
+def _log_samples(kind: str, classes: list[str], arrays: list, labels) -> None:
+    """samples/<class>.png (up to 32 each) and samples/all_classes.png (class rows); seeds are in the manifest."""
+    import mlflow
+    import numpy as np
+
+    from tracking.figures import class_rows_figure, log_figure, montage
+
+    stacked, index = np.stack(arrays), labels.numpy()
+    for label_index, label in enumerate(classes):
+        mlflow.log_image(montage(stacked[np.flatnonzero(index == label_index)[:32]], columns=8), f"samples/{label}.png")
+    first = [stacked[np.flatnonzero(index == i)[:SAMPLES_PER_ROW]] for i in range(len(classes))]
+    log_figure(class_rows_figure(first, classes, f"{kind}: the first {SAMPLES_PER_ROW} synthetic images of each class"), "samples/all_classes.png")
+
+
+def _quality(params: dict, target: Target, arrays: list, labels, device) -> dict:
+    """synth/cas, synth/fid (in a real-data classifier's features) and synth/detectability."""
+    import numpy as np
+    import torch
+
+    from imaging.batches import cached_tensors
+    from imaging.manifest import Manifest
+    from models.quality import classification_accuracy_score, detectability, features, fit_classifier, frechet_distance
+
+    synthetic = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    test_rows = Manifest(target.test_rows.frame, target.test_rows.root, target.test_rows.name, target.classes)
+    test_images, test_labels = cached_tensors(test_rows, target.channels, target.size)
+    real_images, real_labels = cached_tensors(target.train_rows, target.channels, target.size)
+    epochs, seed, classes = params["quality_epochs"], params["seed"], len(target.classes)
+    reference = fit_classifier(real_images, real_labels, classes, epochs=epochs, seed=seed, device=device, desc="reference")
+    return {
+        "synth/cas": classification_accuracy_score(synthetic, labels, test_images, test_labels, classes, epochs=epochs, seed=seed, device=device),
+        "synth/fid": frechet_distance(features(reference, test_images, device), features(reference, synthetic, device)),
+        "synth/detectability": detectability(real_images, synthetic, epochs=max(1, epochs // 2), seed=seed, device=device),
+    }
+
+
+command = stage_command("synthesize", __doc__, PARAMS, lambda **params: synthesize(params, reuse=True))

@@ -18,6 +18,8 @@ then ends KILLED with the tag synthmix.pruned=true and is never resumed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from pipelines._cli import DEVICE, TABLE, corruption_table, data_params, defaults, option, optional, stage_command
@@ -52,22 +54,42 @@ NOT_HASHED = ("device", "workers", "resume_run", "checkpoint_every", "keep_check
 CHECKPOINT = "checkpoints/last.pt"
 
 
-def _resume_target(params: dict, key_hash: str):
-    """The run to continue: --resume-run, else an unfinished run with the same key and a checkpoint."""
-    from imaging.errors import InputError
-    from tracking.runs import TAG_PRUNED, TAG_STAGE, find_runs, get_run, has_artifact
+def _resume_target(params: dict, experiment_id: str, key_hash: str):
+    """The run to continue: --resume-run, else a killed run with the same key and a checkpoint."""
+    from tracking.stage import unfinished
 
     if optional(params["resume_run"]):
-        run = get_run(params["resume_run"], "resume_run")
-        if run.data.tags.get(TAG_STAGE) != "train":
-            raise InputError(f"resume_run {run.info.run_id} is a {run.data.tags.get(TAG_STAGE, 'non-synthmix')} run, not a train run; pass the id of a train run.")
-        if not has_artifact(run.info.run_id, CHECKPOINT):
-            raise InputError(f"resume_run {run.info.run_id} has no {CHECKPOINT} (it stopped before its first checkpoint, or it finished); start a new run instead.")
-        return run
-    for run in find_runs("train", key_hash, ("RUNNING", "FAILED", "KILLED")):
-        if run.data.tags.get(TAG_PRUNED) != "true" and has_artifact(run.info.run_id, CHECKPOINT):
-            return run  # a pruned run stopped on purpose: it is never continued
-    return None
+        return _checked_resume_run(params["resume_run"])
+    return unfinished(experiment_id, "train", key_hash, lambda run: has_checkpoint(run.info.run_id))
+
+
+def has_checkpoint(run_id: str) -> bool:
+    from tracking.runs import has_artifact
+
+    return has_artifact(run_id, CHECKPOINT)
+
+
+def _checked_resume_run(run_id: str):
+    from imaging.errors import InputError
+    from tracking.runs import TAG_STAGE, get_run
+
+    run = get_run(run_id, "resume_run")
+    if run.data.tags.get(TAG_STAGE) != "train":
+        raise InputError(f"resume_run {run.info.run_id} is a {run.data.tags.get(TAG_STAGE, 'non-synthmix')} run, not a train run; pass the id of a train run.")
+    if not has_checkpoint(run.info.run_id):
+        raise InputError(f"resume_run {run.info.run_id} has no {CHECKPOINT} (it stopped before its first checkpoint, or it finished); start a new run instead.")
+    return run
+
+
+def _stored_params(params: dict) -> dict:
+    """--resume-run: the checkpoint's own config wins, so a resumed run computes what it started to compute."""
+    import mlflow
+    import torch
+
+    run = _checked_resume_run(params["resume_run"])
+    checkpoint_file = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=CHECKPOINT)
+    stored = torch.load(checkpoint_file, map_location="cpu", weights_only=False)["params"]
+    return {**DEFAULTS, **stored, **{k: params[k] for k in NOT_HASHED}}
 
 
 def train(params: dict, *, on_epoch=None, nested: bool = False, run_name: str | None = None, reuse: bool = False, tags: dict | None = None):
@@ -75,32 +97,22 @@ def train(params: dict, *, on_epoch=None, nested: bool = False, run_name: str | 
 
     `reuse`: return a finished run with the same parameters, data and code instead of training again.
     """
-    import mlflow
-    import torch
-
+    from imaging.corruptions import parse_augment, parse_val_corruption
     from imaging.errors import InputError
     from imaging.manifest import native_format
+    from models.classifiers import check_model_name
     from tracking.lineage import load_manifest
-    from tracking.runs import get_or_run, quiet_mlflow
+    from tracking.runs import quiet_mlflow
+    from tracking.stage import cache_key, get_or_run
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
-    target = None
     if optional(params["resume_run"]):
-        # the checkpoint's own config wins: a resumed run computes what it started to compute
-        target = _resume_target(params, "")
-        checkpoint_file = mlflow.artifacts.download_artifacts(run_id=target.info.run_id, artifact_path=CHECKPOINT)
-        stored = torch.load(checkpoint_file, map_location="cpu", weights_only=False)["params"]
-        params = {**DEFAULTS, **stored, **{k: params[k] for k in NOT_HASHED}}
-        reuse = False
+        params, reuse = _stored_params(params), False
     if params["epochs"] < 1 or params["batch_size"] < 1 or params["lr"] <= 0:
         raise InputError(f"epochs ({params['epochs']}) and batch_size ({params['batch_size']}) must be at least 1 and lr ({params['lr']}) above 0.")
-    from models.classifiers import check_model_name
-
     check_model_name(params["model"])
     if params["augment"]:
-        from imaging.corruptions import parse_augment
-
         parse_augment(params["augment"])  # a bad spec is refused before any work
     if params["val_corruption"]:
         parse_val_corruption(params["val_corruption"])
@@ -113,159 +125,218 @@ def train(params: dict, *, on_epoch=None, nested: bool = False, run_name: str | 
     if len(manifest.split("val")) == 0:
         raise InputError(f"dataset {manifest.name} has no val split; give the folder a val/ or a val_fraction above 0.")
     # the digest names the data; which run logged that manifest does not change what is trained
-    key = {**{k: v for k, v in params.items() if k not in NOT_HASHED and k != "dataset_run"}, "dataset_digest": manifest.digest}
+    key = cache_key("train", params, (*NOT_HASHED, "dataset_run"), dataset_digest=manifest.digest)
     name = run_name or f"train-{params['model']}-{manifest.name}-s{params['seed']}"
-    logged = {k: v for k, v in params.items() if k != "resume_run"}
     return get_or_run(
-        "train", key, lambda: _prepare(params, manifest, report, name, on_epoch),
-        run_name=name, params=logged, tags={"synthmix.model": params["model"], "synthmix.dataset_digest": manifest.digest, **(tags or {})},
-        nested=nested, reuse=reuse, resume=lambda key_hash: target or _resume_target(params, key_hash),
+        "train", key, load=lambda: _prepare(params, manifest), work=lambda run, fit: _fit(run, fit, params, manifest, report, name, on_epoch),
+        run_name=name, params={k: v for k, v in params.items() if k != "resume_run"},
+        tags={"synthmix.model": params["model"], "synthmix.dataset_digest": manifest.digest, **(tags or {})},
+        nested=nested, reuse=reuse, resume=lambda experiment_id, key_hash: _resume_target(params, experiment_id, key_hash),
     )
 
 
-def _prepare(params: dict, manifest, report, name: str, on_epoch):
-    """Build the network and batches (bad weights or data fail here, before any run exists);
-    returns the training, which runs inside the run: from scratch or from its checkpoint."""
-    import random
-    import tempfile
-    import time
-    from pathlib import Path
+@dataclass
+class Fit:
+    """What training needs, built before any run exists (bad weights or data fail here)."""
 
-    import mlflow
-    import numpy as np
+    network: object
+    optimizer: object
+    scheduler: object
+    spec: object
+    train_batches: object
+    val_batches: object
+    robust_batches: object  # the corrupted val split of --val-corruption, or None
+    augment: object  # on-the-fly corruption of training batches, or None
+    val: tuple | None = None  # (logits, labels) of the last val pass
+
+
+def _prepare(params: dict, manifest) -> Fit:
     import torch
-    from tqdm.auto import tqdm
 
-    from imaging.batches import epoch_generator, make_batches
+    from imaging.batches import make_batches
     from models.classifiers import build_classifier, normalisation
-    from models.serving import ClassifierSpec, log_classifier, save_checkpoint
-    from models.training import make_optimizer, predict, train_one_epoch
+    from models.serving import ClassifierSpec
+    from models.training import make_optimizer
     from pipelines._cli import resolve_device
-    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, log_figure
-    from tracking.lineage import log_dataset, skipped_files
-    from tracking.runs import delete_artifacts, has_artifact
 
     device = resolve_device(params["device"])
-    augment = None
-    if params["augment"]:
-        from imaging.corruptions import apply_augment, parse_augment
-
-        specs = parse_augment(params["augment"])
-
-        def augment(images, labels, generator):
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-            return apply_augment(images, specs, generator_seed=seed, labels=labels, table=corruption_table(params["table"], params["image_size"]))
-
-    train_rows, val_rows = manifest.split("train"), manifest.split("val")
     mean, std = normalisation(params["channels"])
     spec = ClassifierSpec(params["model"], list(manifest.classes), params["channels"], params["image_size"], mean, std)
     torch.manual_seed(params["seed"])
     network = build_classifier(params["model"], len(spec.classes), spec.in_channels, params["pretrained"], optional(params["weights"]), image_size=spec.image_size).to(device)
     optimizer = make_optimizer(params["optimizer"], network.parameters(), params["lr"], params["weight_decay"])
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=params["epochs"])
-    train_batches = make_batches(train_rows, spec.in_channels, spec.image_size, params["batch_size"], device, params["workers"])
-    val_batches = make_batches(val_rows, spec.in_channels, spec.image_size, 512, device, params["workers"])
-    robust_batches = None
-    if params["val_corruption"]:
-        from imaging.batches import TensorBatches
-        from imaging.corruptions import corrupt_torch
-        from imaging.errors import InputError
-
-        if not isinstance(val_batches, TensorBatches):
-            raise InputError(f"--val-corruption works on images up to 64 px (these are {spec.image_size} px); score robustness with evaluate instead.")
-        kind, severity = parse_val_corruption(params["val_corruption"])
-        corrupted = corrupt_torch(val_batches.images, kind, severity, seed=params["split_seed"], labels=val_batches.labels,
-                                  table=corruption_table(params["table"], spec.image_size))
-        robust_batches = TensorBatches(corrupted, val_batches.labels, 512, device)
-
-    def inside(run):
-        start_epoch = 0
-        if has_artifact(run.info.run_id, CHECKPOINT):
-            checkpoint_file = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=CHECKPOINT)
-            state = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
-            network.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            np.random.set_state(state["rng"]["numpy"])
-            random.setstate(state["rng"]["python"])
-            start_epoch = state["epoch"] + 1
-            print(f"[synthmix] continuing from the checkpoint of epoch {state['epoch'] + 1}/{params['epochs']}", flush=True)
-        else:
-            log_dataset(manifest, {"train": train_rows, "val": val_rows})
-            if params["augment"] or params["val_corruption"]:
-                mlflow.set_tag("synthmix.corruption_table", corruption_table(params["table"], params["image_size"]))
-            mlflow.log_metrics({"data/train_images": len(train_rows), "data/val_images": len(val_rows), **skipped_files(report)})
-
-        metrics: dict[str, float] = {}
-        val_logits = val_labels = None
-        last_checkpoint = time.monotonic()
-        epochs = tqdm(range(start_epoch, params["epochs"]), desc=name, unit="epoch", initial=start_epoch, total=params["epochs"])
-        for epoch in epochs:
-            torch.manual_seed(params["seed"] * 1_000_003 + epoch)  # stochastic layers replay on resume
-            fit = train_one_epoch(network, train_batches, optimizer, mean, std, generator=epoch_generator(params["seed"], epoch), hflip=params["hflip"], augment=augment, desc=f"epoch {epoch + 1}")
-            scheduler.step()
-            val_logits, val_labels = predict(network, val_batches, mean, std, desc="val")
-            val_loss = float(torch.nn.functional.cross_entropy(val_logits, val_labels))
-            val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
-            metrics = {"train/loss": fit["loss"], "train/acc": fit["acc"], "val/loss": val_loss, "val/acc": val_acc, "perf/imgs_per_s": fit["imgs_per_s"]}
-            if robust_batches is not None:
-                robust_logits, robust_labels = predict(network, robust_batches, mean, std, desc="val corrupted")
-                metrics["val_robust/acc"] = float((robust_logits.argmax(1) == robust_labels).float().mean())
-            mlflow.log_metrics(metrics, step=epoch)
-            # a resumable checkpoint holds the optimiser too (3x the model for Adam): written by time, not every epoch,
-            # and never after the last epoch, whose weights the logged model keeps
-            saved = ""
-            if epoch + 1 < params["epochs"] and time.monotonic() - last_checkpoint >= params["checkpoint_every"]:
-                with tempfile.TemporaryDirectory() as folder:
-                    path = Path(folder) / "last.pt"
-                    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-                    save_checkpoint(path, network, spec, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=epoch, rng=rng, params=params)
-                    mlflow.log_artifact(str(path), "checkpoints")
-                last_checkpoint, saved = time.monotonic(), "; checkpoint saved"
-            epochs.set_postfix(loss=f"{fit['loss']:.3f}", val_acc=f"{val_acc:.3f}")
-            print(f"[synthmix] epoch {epoch + 1}/{params['epochs']}: train/loss {fit['loss']:.4f} val/acc {val_acc:.4f}{saved}", flush=True)
-            if on_epoch is not None:
-                on_epoch(epoch, metrics)
-
-        from sklearn.metrics import confusion_matrix
-
-        matrix = confusion_matrix(val_labels.numpy(), val_logits.argmax(1).numpy(), labels=list(range(len(spec.classes))))
-        log_figure(confusion_matrix_figure(matrix, spec.classes, f"{name}: validation"), "confusion_matrix/val.png")
-        mlflow.log_text(confusion_matrix_json(matrix, spec.classes), "confusion_matrix/val.json")
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / "model.pt"
-            save_checkpoint(path, network.cpu(), spec)
-            example = train_rows.local_paths()[0].read_bytes()
-            log_classifier(path, spec, example)
-        if params["keep_checkpoint"]:  # the finished state, optimiser included, for fine-tuning further
-            with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / "last.pt"
-                rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-                save_checkpoint(path, network, spec, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), epoch=params["epochs"] - 1, rng=rng, params=params)
-                mlflow.log_artifact(str(path), "checkpoints")
-        elif has_artifact(run.info.run_id, CHECKPOINT):
-            delete_artifacts(run.info.run_id, "checkpoints")  # the model/ artifact keeps the weights
-        return metrics, {"spec": spec}
-
-    return inside
+    train_batches = make_batches(manifest.split("train"), spec.in_channels, spec.image_size, params["batch_size"], device, params["workers"])
+    val_batches = make_batches(manifest.split("val"), spec.in_channels, spec.image_size, 512, device, params["workers"])
+    table = corruption_table(params["table"], params["image_size"])
+    return Fit(network, optimizer, scheduler, spec, train_batches, val_batches, _robust_batches(params, val_batches, table, device), _augmenter(params["augment"], table))
 
 
-def parse_val_corruption(text: str) -> tuple[str, int]:
-    """'salt_pepper:3' -> ('salt_pepper', 3); InputError names a bad one."""
-    from imaging.corruptions import parse_augment
+def _augmenter(text: str, table: str):
+    """Training batches corrupted on the fly by --augment, seeded from the batch generator; None without it."""
+    if not text:
+        return None
+    import torch
 
-    parts = text.split(":")
-    if len(parts) != 2:
-        from imaging.errors import InputError
+    from imaging.corruptions import apply_augment, parse_augment
 
-        raise InputError(f"--val-corruption {text!r} is not kind:severity; write e.g. salt_pepper:3.")
-    spec = parse_augment(f"{parts[0]}:{parts[1]}:1")[0]
-    return spec.kind, spec.severity
+    specs = parse_augment(text)
+
+    def augment(images, labels, generator):
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        return apply_augment(images, specs, generator_seed=seed, labels=labels, table=table)
+
+    return augment
+
+
+def _robust_batches(params: dict, val_batches, table: str, device):
+    """The val split corrupted by --val-corruption (scored as val_robust/acc each epoch); None without it."""
+    if not params["val_corruption"]:
+        return None
+    from imaging.batches import TensorBatches
+    from imaging.corruptions import corrupt_torch, parse_val_corruption
+    from imaging.errors import InputError
+
+    if not isinstance(val_batches, TensorBatches):
+        raise InputError(f"--val-corruption works on images up to 64 px (these are {params['image_size']} px); score robustness with evaluate instead.")
+    kind, severity = parse_val_corruption(params["val_corruption"])
+    corrupted = corrupt_torch(val_batches.images, kind, severity, seed=params["split_seed"], labels=val_batches.labels, table=table)
+    return TensorBatches(corrupted, val_batches.labels, 512, device)
+
+
+def _fit(run, fit: Fit, params: dict, manifest, report, name: str, on_epoch):
+    """Inside the run: from scratch or from its checkpoint, every epoch logged; then the confusion matrix and the model."""
+    import time
+
+    import mlflow
+    from tqdm.auto import tqdm
+
+    start_epoch = _restore(run.info.run_id, fit, params)
+    if start_epoch == 0:
+        _log_inputs(params, manifest, report)
+    metrics: dict[str, float] = {}
+    last_checkpoint = time.monotonic()
+    epochs = tqdm(range(start_epoch, params["epochs"]), desc=name, unit="epoch", initial=start_epoch, total=params["epochs"])
+    for epoch in epochs:
+        metrics = _epoch(fit, params, epoch)
+        mlflow.log_metrics(metrics, step=epoch)
+        # a resumable checkpoint holds the optimiser too (3x the model for Adam): written by time, not every epoch,
+        # and never after the last epoch, whose weights the logged model keeps
+        saved = ""
+        if epoch + 1 < params["epochs"] and time.monotonic() - last_checkpoint >= params["checkpoint_every"]:
+            _log_checkpoint(fit, params, epoch)
+            last_checkpoint, saved = time.monotonic(), "; checkpoint saved"
+        epochs.set_postfix(loss=f"{metrics['train/loss']:.3f}", val_acc=f"{metrics['val/acc']:.3f}")
+        print(f"[synthmix] epoch {epoch + 1}/{params['epochs']}: train/loss {metrics['train/loss']:.4f} val/acc {metrics['val/acc']:.4f}{saved}", flush=True)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    _log_results(run.info.run_id, fit, params, manifest, name)
+    return metrics, {"spec": fit.spec}
+
+
+def _epoch(fit: Fit, params: dict, epoch: int):
+    """One pass over the training batches, then the val scores (kept as fit.val); the epoch's metrics."""
+    import torch
+
+    from imaging.batches import epoch_generator
+    from models.training import predict, train_one_epoch
+
+    mean, std = fit.spec.mean, fit.spec.std
+    torch.manual_seed(params["seed"] * 1_000_003 + epoch)  # stochastic layers replay on resume
+    result = train_one_epoch(fit.network, fit.train_batches, fit.optimizer, mean, std, generator=epoch_generator(params["seed"], epoch),
+                             hflip=params["hflip"], augment=fit.augment, desc=f"epoch {epoch + 1}")
+    fit.scheduler.step()
+    logits, labels = predict(fit.network, fit.val_batches, mean, std, desc="val")
+    metrics = {"train/loss": result["loss"], "train/acc": result["acc"], "val/loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+               "val/acc": float((logits.argmax(1) == labels).float().mean()), "perf/imgs_per_s": result["imgs_per_s"]}
+    if fit.robust_batches is not None:
+        robust_logits, robust_labels = predict(fit.network, fit.robust_batches, mean, std, desc="val corrupted")
+        metrics["val_robust/acc"] = float((robust_logits.argmax(1) == robust_labels).float().mean())
+    fit.val = (logits, labels)
+    return metrics
+
+
+def _log_inputs(params: dict, manifest, report) -> None:
+    import mlflow
+
+    from tracking.lineage import log_dataset, skipped_files
+
+    train_rows, val_rows = manifest.split("train"), manifest.split("val")
+    log_dataset(manifest, {"train": train_rows, "val": val_rows})
+    if params["augment"] or params["val_corruption"]:
+        mlflow.set_tag("synthmix.corruption_table", corruption_table(params["table"], params["image_size"]))
+    mlflow.log_metrics({"data/train_images": len(train_rows), "data/val_images": len(val_rows), **skipped_files(report)})
+
+
+def _restore(run_id: str, fit: Fit, params: dict) -> int:
+    """The epoch to start from: after the run's checkpoint (model, optimiser, scheduler, RNG), or 0 without one."""
+    import random
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    if not has_checkpoint(run_id):
+        return 0
+    state = torch.load(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT), map_location="cpu", weights_only=False)
+    fit.network.load_state_dict(state["model"])
+    fit.optimizer.load_state_dict(state["optimizer"])
+    fit.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    np.random.set_state(state["rng"]["numpy"])
+    random.setstate(state["rng"]["python"])
+    print(f"[synthmix] continuing from the checkpoint of epoch {state['epoch'] + 1}/{params['epochs']}", flush=True)
+    return state["epoch"] + 1
+
+
+def _log_checkpoint(fit: Fit, params: dict, epoch: int) -> None:
+    """checkpoints/last.pt: everything a rerun needs to continue after `epoch`."""
+    import random
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    from models.serving import save_checkpoint
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "last.pt"
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        save_checkpoint(path, fit.network, fit.spec, optimizer=fit.optimizer.state_dict(), scheduler=fit.scheduler.state_dict(), epoch=epoch, rng=rng, params=params)
+        mlflow.log_artifact(str(path), "checkpoints")
+
+
+def _log_results(run_id: str, fit: Fit, params: dict, manifest, name: str) -> None:
+    """The validation confusion matrix and the model (whose weights are the run's one checkpoint unless --keep-checkpoint)."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+    from sklearn.metrics import confusion_matrix
+
+    from models.serving import log_classifier, save_checkpoint
+    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, log_figure
+    from tracking.runs import delete_artifacts
+
+    classes = fit.spec.classes
+    logits, labels = fit.val
+    matrix = confusion_matrix(labels.numpy(), logits.argmax(1).numpy(), labels=list(range(len(classes))))
+    log_figure(confusion_matrix_figure(matrix, classes, f"{name}: validation"), "confusion_matrix/val.png")
+    mlflow.log_text(confusion_matrix_json(matrix, classes), "confusion_matrix/val.json")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pt"
+        save_checkpoint(path, fit.network.cpu(), fit.spec)
+        log_classifier(path, fit.spec, manifest.split("train").local_paths()[0].read_bytes())
+    if params["keep_checkpoint"]:  # the finished state, optimiser included, for fine-tuning further
+        _log_checkpoint(fit, params, params["epochs"] - 1)
+    elif has_checkpoint(run_id):
+        delete_artifacts(run_id, "checkpoints")  # the model/ artifact keeps the weights
 
 
 def run_command(**params):
-    result = train(params)
+    result = train(params, reuse=True)
     click.echo(f"val/acc {result.metrics.get('val/acc', float('nan')):.4f}  run {result.run_id}")
 
 

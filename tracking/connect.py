@@ -38,6 +38,9 @@ def check_reachable(uri: str, what: str, fix: str) -> None:
         except Exception as error:
             reason = getattr(error, "reason", error)
             raise InputError(f"cannot reach the {what} at {shown(uri)} ({reason}); {fix}.") from None
+    elif "://" in uri and not _known_database(uri):
+        raise InputError(f"{shown(uri)} is not a database URL this install can open (no SQLAlchemy dialect for {uri.split('://', 1)[0]!r}); "
+                         "use sqlite:///file.db or postgresql://user@host/db.")
     elif uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres", "mysql", "mssql"):
         import sqlalchemy
 
@@ -52,12 +55,98 @@ def check_reachable(uri: str, what: str, fix: str) -> None:
             raise InputError(f"cannot reach the {what} at {shown(uri)} ({reason}); {fix}.") from None
 
 
+def _known_database(uri: str) -> bool:
+    """SQLAlchemy has a dialect (and its driver module) for this URL."""
+    import sqlalchemy
+
+    try:
+        sqlalchemy.engine.make_url(uri.replace("postgres://", "postgresql://", 1)).get_dialect()
+    except Exception:
+        return False
+    return True
+
+
+FIX_TRACKING = "start it (make server) or point MLFLOW_TRACKING_URI at one that runs"
+
+
+def check_environment() -> None:
+    """What every command needs, checked where it starts: the synthmix cache folder and the tracking store."""
+    import os
+    from pathlib import Path
+
+    from imaging.errors import InputError
+
+    cache = os.environ.get("SYNTHMIX_CACHE")
+    if cache and Path(cache).expanduser().exists() and not Path(cache).expanduser().is_dir():
+        raise InputError(f"SYNTHMIX_CACHE={cache} is a file, not a folder; point it at a folder (it is created when missing) or unset it.")
+    check_tracking()
+
+
 def check_tracking() -> None:
-    """The MLflow tracking store this process logs to answers (or is a local file / sqlite store)."""
+    """The MLflow tracking store this process logs to answers and is MLflow's (a server, a database, a SQLite file
+    or a local folder); a new SQLite store is created under a lock, so commands started together do not race to migrate it."""
     import mlflow
 
-    check_reachable(mlflow.get_tracking_uri(), "MLflow tracking store",
-                    "start it (make server) or point MLFLOW_TRACKING_URI at one that runs")
+    uri = mlflow.get_tracking_uri()
+    check_reachable(uri, "MLflow tracking store", FIX_TRACKING)
+    if uri.startswith(("http://", "https://")):
+        _check_mlflow_server(uri)
+    elif uri.startswith("sqlite:"):
+        _open_sqlite_store(uri)
+
+
+def _check_mlflow_server(uri: str) -> None:
+    """Something answers at `uri`: is it an MLflow tracking server (a JSON answer to its REST API)?"""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from imaging.errors import InputError
+
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
+            body = response.read(65536)
+    except urllib.error.HTTPError as error:
+        body = error.read(65536)
+    except Exception as error:
+        raise InputError(f"cannot reach the MLflow tracking store at {shown(uri)} ({getattr(error, 'reason', error)}); {FIX_TRACKING}.") from None
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not ({"experiment", "error_code"} & set(answer)):
+        raise InputError(f"{shown(uri)} answers, but not as an MLflow tracking server (its REST API gave no MLflow reply); point MLFLOW_TRACKING_URI at the MLflow server's address.")
+
+
+def _open_sqlite_store(uri: str) -> None:
+    """A sqlite:/// store: refuse a file that is not a SQLite database; create (migrate) a new one under a file lock."""
+    import fcntl
+    from pathlib import Path
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from imaging.errors import InputError
+
+    path = Path(uri.split(":///", 1)[1].split("?", 1)[0]) if ":///" in uri else None
+    if path is None or str(path) in ("", ":memory:"):
+        return
+    if path.is_dir():
+        raise InputError(f"MLFLOW_TRACKING_URI={uri} names a folder, not a SQLite file; use sqlite:///<folder>/mlflow.db or the folder itself as a file store.")
+    if path.exists() and path.stat().st_size and path.read_bytes()[:16] != b"SQLite format 3\x00":
+        raise InputError(f"MLFLOW_TRACKING_URI={uri}: {path} is not a SQLite database; point it at MLflow's .db file, or at a new path to create one.")
+    if not path.parent.is_dir():
+        raise InputError(f"MLFLOW_TRACKING_URI={uri}: the folder {path.parent} does not exist; create it or choose another path.")
+    with open(f"{path}.lock", "a") as handle:  # the first command creates and migrates the store; the others wait
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            MlflowClient(mlflow.get_tracking_uri()).search_experiments(max_results=1)
+        except Exception as error:
+            raise InputError(f"MLFLOW_TRACKING_URI={uri} could not be opened as an MLflow store ({error.__class__.__name__}: {str(error).splitlines()[0][:200]}); "
+                             "point it at MLflow's .db file, or at a new path to create one.") from None
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def storage_lock(url: str, name: str):
@@ -96,3 +185,20 @@ def storage_lock(url: str, name: str):
                     fcntl.flock(handle, fcntl.LOCK_UN)
 
     return lock()
+
+
+def open_study(storage_url: str, name: str, *, direction: str | None = None, sampler=None, pruner=None, heartbeat: int | None = None, on_stale=None):
+    """The Optuna study `name` in `storage_url` (created when missing), heartbeats on for database storage."""
+    import warnings
+
+    import optuna
+
+    check_reachable(storage_url, "Optuna storage", "start the database or fix --storage")
+    kwargs = {}
+    if heartbeat:
+        kwargs = {"heartbeat_interval": heartbeat, "grace_period": 3 * heartbeat, "heartbeat_stale_trial_callback": on_stale}
+    # workers started at once on a fresh database would race to create Optuna's tables and the study
+    with storage_lock(storage_url, f"optuna-{name}"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are marked experimental
+        storage = optuna.storages.RDBStorage(storage_url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+        return optuna.create_study(storage=storage, study_name=name, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True)

@@ -185,7 +185,7 @@ def headline_facts(summary: pd.DataFrame, tolerance: float, metric: str = "test/
         difference = _interval_of(row, f"diff/{metric}")
         # drop = baseline - cell, so its interval is the difference's, mirrored
         drop = Interval(-difference.mean, -difference.high, -difference.low, difference.n)
-        drops.append({"ratio": float(row["ratio"]), "mean": drop.mean, "low": drop.low, "high": drop.high, "n": drop.n, "qualifies": bool(drop.high < tolerance)})
+        drops.append({"ratio": float(row["ratio"]), "mean": drop.mean, "low": drop.low, "high": drop.high, "n": drop.n, "failed": int(row.get("failed", 0) or 0), "qualifies": bool(drop.high < tolerance)})
 
     max_ratio, drop, next_drop = None, None, None
     for entry in drops:
@@ -253,6 +253,11 @@ def headline_from_facts(facts: dict) -> str:
         if following is not None:
             sentence += f"; at {percent(following['ratio'])} {_drop_phrase(following, clause=True)}"
         sentence += "."
+    elif verdict == "one_seed" and drop.get("failed"):
+        sentence = (
+            f"At {percent(drop['ratio'])} synthetic only {drop['n']} seed finished ({drop['failed']} failed: see the failed steps), so there is no confidence interval "
+            f"and it cannot be said how much synthetic data stays within {tolerance} of {metric_label} (the drop is {signed_points(drop['mean'], plus=False)} points)."
+        )
     elif verdict == "one_seed":
         sentence = (
             f"With one seed per cell there is no confidence interval, so it cannot be said how much synthetic data stays within {tolerance} of {metric_label} "
@@ -432,3 +437,36 @@ def study_metric_series(summary: pd.DataFrame) -> list[tuple[str, float, int]]:
 
 def _metrics_in(summary: pd.DataFrame) -> list[str]:
     return [column[: -len("/mean")] for column in summary.columns if column.endswith("/mean") and not column.startswith(("diff/", "effect/"))]
+
+
+def corruption_errors(errors: dict[str, dict[int, float]], clean_error: float, baseline: dict | None) -> dict[str, float]:
+    """CE per kind, mCE and relative mCE (Hendrycks & Dietterich 2019).
+
+    errors[kind][severity] is the top-1 error. With a baseline (same structure
+    plus its clean error) each kind's summed error is divided by the
+    baseline's; without one the unnormalised forms are the mean errors.
+    """
+    out: dict[str, float] = {}
+    ce, relative = [], []
+    for kind, by_severity in errors.items():
+        severities = sorted(by_severity)
+        total = sum(by_severity[s] for s in severities)
+        excess = sum(by_severity[s] - clean_error for s in severities)
+        if baseline is not None:
+            base = baseline["errors"][kind]
+            base_total = sum(base[s] for s in severities)
+            base_excess = sum(base[s] - baseline["clean_error"] for s in severities)
+            ce_kind = total / max(base_total, 1e-12)
+            relative_kind = excess / base_excess if abs(base_excess) > 1e-12 else float("nan")
+        else:
+            ce_kind = total / len(severities)
+            relative_kind = excess / len(severities)
+        out[f"robust/ce/{kind}"] = ce_kind
+        out[f"robust/relative_ce/{kind}"] = relative_kind
+        ce.append(ce_kind)
+        relative.append(relative_kind)
+    if ce:
+        out["robust/mce"] = sum(ce) / len(ce)
+        finite = [r for r in relative if r == r]
+        out["robust/relative_mce"] = sum(finite) / len(finite) if finite else float("nan")
+    return out
