@@ -66,28 +66,28 @@ def _model_key(model_uri: str) -> str:
 
 
 def _model_and_data(params: dict):
-    """(model URI, the train run's params or {}, the data options to score on): --train-run (a pointer is followed) or --model-uri."""
+    """(model URI, the train run's id or "", its params or {}, the data options to score on): --train-run (a pointer is followed) or --model-uri."""
     from imaging.errors import InputError
     from tracking.runs import get_run, run_params
 
-    train_params: dict = {}
+    train_params, train_run_id = {}, ""
     if optional(params["train_run"]):
         train_run = get_run(params["train_run"], "train_run")
-        train_params = run_params(train_run)
-        model_uri = optional(params["model_uri"]) or f"runs:/{train_run.info.run_id}/model"
+        train_params, train_run_id = run_params(train_run), train_run.info.run_id
+        model_uri = _follow_model_uri(optional(params["model_uri"]) or f"runs:/{train_run_id}/model")
     elif optional(params["model_uri"]):
         model_uri = _follow_model_uri(params["model_uri"])
     else:
         raise InputError("evaluate needs --train-run (a train run id) or --model-uri (e.g. models:/name@champion).")
     if optional(params["data"]):
-        return model_uri, train_params, {**params}
+        return model_uri, train_run_id, train_params, {**params}
     if not train_params:
         raise InputError("with --model-uri, also pass --data: the dataset whose test split to score.")
     source = {**params, "data": train_params.get("data") or "mnist5k", "dataset_run": train_params.get("dataset_run", "")}
     for key in ("val_fraction", "test_fraction", "split_seed"):
         if train_params.get(key):
             source[key] = type(DEFAULTS[key])(float(train_params[key]))
-    return model_uri, train_params, source
+    return model_uri, train_run_id, train_params, source
 
 
 def _follow_model_uri(model_uri: str) -> str:
@@ -112,7 +112,8 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
     quiet_mlflow()
     params = {**DEFAULTS, **params}
     kinds, severities = parse_kinds(params["corruptions"]), parse_severities(params["severities"])
-    model_uri, train_params, source = _model_and_data(params)
+    model_uri, train_run, train_params, source = _model_and_data(params)
+    params["train_run"] = train_run  # the run that holds the model (a pointer followed) is what the key names
     manifest, _ = load_manifest(source)
     test_rows = real_only(manifest.split("test"))
     if len(test_rows) == 0:
@@ -121,7 +122,7 @@ def evaluate(params: dict, *, nested: bool = False, run_name: str | None = None,
     key = cache_key("evaluate", logged, NOT_HASHED, model_key=_model_key(model_uri), test_digest=test_rows.digest)
     model_name = train_params.get("model", "model")
     name = run_name or f"evaluate-{model_name}-{test_rows.name}"
-    all_tags = {"synthmix.train_run": model_uri.removeprefix("runs:/").split("/")[0] if optional(params["train_run"]) else "", "synthmix.model": model_name, **(tags or {})}
+    all_tags = {"synthmix.train_run": train_run, "synthmix.model": model_name, **(tags or {})}
     return get_or_run(
         "evaluate", key, load=lambda: _prepare(params, model_uri, test_rows),
         work=lambda run, scoring: _score(scoring, params, kinds, severities, name),
