@@ -24,7 +24,6 @@ from imaging.errors import InputError
 from imaging.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, BadImage, encode_png, open_image
 from imaging.manifest import SPLITS, Manifest
 
-EMBEDDED = ("mnist5k",)
 MNIST5K_SPLIT_SEED = 0  # fixed: every user gets the same 80/10/10 split
 SCAN_CACHE_VERSION = 2  # in the scan cache key: bump when open_image's reasons change, so cached ones are redone
 

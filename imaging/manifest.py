@@ -56,10 +56,6 @@ class Manifest:
     def split(self, name: str) -> "Manifest":
         return Manifest(self.frame[self.frame["split"] == name].copy(), self.root, f"{self.name}-{name}", list(self.classes))
 
-    def counts(self) -> pd.DataFrame:
-        """Images per class (rows) and split/source (columns)."""
-        return self.frame.groupby(["label", "split", "source"]).size().unstack(["split", "source"], fill_value=0)
-
     def label_indices(self) -> list[int]:
         index = {name: i for i, name in enumerate(self.classes)}
         return [index[label] for label in self.frame["label"].astype(str)]
@@ -124,12 +120,6 @@ def _artifact_folder(run_id: str, top: str) -> Path:
         if local.is_dir():
             return local
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=top))
-
-
-def concat(manifests: list[Manifest], name: str) -> Manifest:
-    first = manifests[0]
-    frame = pd.concat([m.frame for m in manifests], ignore_index=True)
-    return Manifest(frame, first.root, name, list(first.classes))
 
 
 def native_format(manifest: Manifest, sample: int = 64) -> tuple[int, int]:

@@ -35,6 +35,8 @@ interesting if that number is high too.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
 from pipelines import mix as mix_stage
@@ -205,15 +207,24 @@ def _scores(model_uri: str, rows, device):
     return torch.softmax(logits, dim=1)[:, spec.classes.index("synthetic")], labels, images, network, spec
 
 
+@dataclass
+class HeldOut:
+    """The detector's scores on the held-out test images."""
+
+    rows: object  # manifest rows
+    truth: object  # 0 real, 1 synthetic
+    score: object  # P(synthetic)
+    predictions: object
+    images: object
+    labels: object
+    generator_of: object  # generator name per row ("" for real)
+
+
 def _work(run, params: dict, manifest, generators: dict, sources: dict, note: str | None, name: str):
     """Inside the detect run: log the dataset, train the detector (nested), score it, and measure transfer."""
     import mlflow
-    import pandas as pd
-    from sklearn.metrics import average_precision_score, classification_report, confusion_matrix, roc_auc_score, roc_curve
 
-    from imaging.detection import CLASSES, transfer_auc
     from pipelines._cli import resolve_device
-    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, heatmap_figure, log_figure, roc_figure
     from tracking.lineage import log_dataset
 
     device = resolve_device(params["device"])
@@ -224,75 +235,18 @@ def _work(run, params: dict, manifest, generators: dict, sources: dict, note: st
     log_dataset(manifest)
     counts = manifest.frame.groupby(["split", "label"]).size()
     mlflow.log_metrics({f"data/{split}_{label}": int(n) for (split, label), n in counts.items()})
-
     trained = train_stage.train(
         passed_on(PARAMS, params, train_stage.PARAMS, dataset_run=run.info.run_id, augment=params["augment"], seed=params["seed"]),
         nested=True, reuse=True, run_name=f"detector-{params['model']}-{'+'.join(generators)}", tags={"synthmix.task": "detector"},
     )
     mlflow.set_tag(TAG_DETECTOR, trained.run_id)
     model_uri = f"runs:/{trained.run_id}/model"
-
-    test_rows = manifest.split("test")
-    scores, labels, images, network, spec = _scores(model_uri, test_rows, device)
-    truth, score = labels.numpy(), scores.numpy()
-    predictions = (scores >= 0.5).long()
-    metrics = {
-        "test/acc": float((predictions == labels).float().mean()),
-        "test/auc": float(roc_auc_score(truth, score)),
-        "test/ap": float(average_precision_score(truth, score)),
-        "test/images": len(labels),
-        **{k: v for k, v in trained.metrics.items() if k.startswith("val/")},
-    }
-    curves = {"all generators" if len(generators) > 1 else next(iter(generators)): (*roc_curve(truth, score)[:2], metrics["test/auc"])}
-    generator_of = test_rows.frame["generator"].to_numpy()
-    real_mask = truth == 0
-    if len(generators) > 1:
-        for generator in generators:
-            mask = real_mask | (generator_of == generator)
-            auc = float(roc_auc_score(truth[mask], score[mask]))
-            metrics[f"test/auc/{generator}"] = auc
-            curves[generator] = (*roc_curve(truth[mask], score[mask])[:2], auc)
-
-    matrix = confusion_matrix(truth, predictions.numpy(), labels=[0, 1])
-    log_figure(confusion_matrix_figure(matrix, CLASSES, f"{name}: held-out test"), "confusion_matrix/test.png")
-    mlflow.log_text(confusion_matrix_json(matrix, CLASSES), "confusion_matrix/test.json")
-    report = classification_report(truth, predictions.numpy(), labels=[0, 1], target_names=CLASSES, output_dict=True, zero_division=0)
-    mlflow.log_dict(report, "reports/test_classification_report.json")
-    mlflow.log_text(classification_report(truth, predictions.numpy(), labels=[0, 1], target_names=CLASSES, digits=4, zero_division=0), "reports/test_classification_report.txt")
-    log_figure(roc_figure(curves, f"{name}\nROC on {len(labels)} held-out images (synthetic = positive)"), "roc/test.png")
-    predictions_table = pd.DataFrame({"path": test_rows.frame["path"], "generator": generator_of, "label": [CLASSES[i] for i in truth], "p_synthetic": score})
-    mlflow.log_text(predictions_table.to_csv(index=False, float_format="%.6f"), "predictions/test.csv")
-
+    held_out, network, spec = _held_out(model_uri, manifest.split("test"), device)
+    metrics = {**_scores_and_reports(held_out, generators, name), **{k: v for k, v in trained.metrics.items() if k.startswith("val/")}}
     if params["saliency"]:
-        from models.saliency import correct_and_incorrect
-        from tracking.overlays import correct_incorrect_panel
-
-        chosen, maps = correct_and_incorrect(network, images, labels, predictions, params["saliency"], seed=params["seed"], mean=spec.mean, std=spec.std, image_size=spec.image_size, device=device)
-        figure = correct_incorrect_panel(
-            images[chosen].permute(0, 2, 3, 1).numpy(), maps.cpu().numpy(), labels[chosen].numpy(), predictions[chosen].numpy(), CLASSES, params["saliency"],
-            suptitle=f"Grad-CAM of the predicted class · held-out detections · accuracy {metrics['test/acc']:.3f}",
-        )
-        log_figure(figure, "saliency/gradcam_test.png")
-
+        _saliency(held_out, network, spec, params, metrics["test/acc"], device)
     if len(generators) > 1 and params["transfer"]:
-        table = pd.DataFrame(index=list(generators), columns=list(generators), dtype=float)
-        for trained_on, source in sources.items():
-            single = detect({**params, "synthetic_runs": source, "synthetic_data": "", "transfer": False, "saliency": 0}, nested=True, reuse=True,
-                            run_name=f"detect-{params['model']}-{trained_on}", tags={"synthmix.transfer_of": run.info.run_id})
-            detector_run = mlflow.get_run(single.run_id).data.tags[TAG_DETECTOR]
-            single_scores, single_labels, *_ = _scores(f"runs:/{detector_run}/model", test_rows, device)
-            for tested_on in generators:
-                mask = real_mask | (generator_of == tested_on)
-                table.loc[trained_on, tested_on] = float(roc_auc_score(truth[mask], single_scores.numpy()[mask]))
-                metrics[f"transfer/auc/{trained_on}/{tested_on}"] = float(table.loc[trained_on, tested_on])
-        metrics["detect/transfer_auc"] = transfer_auc(table)
-        table.index.name = "trained_on"
-        mlflow.log_text(table.to_csv(float_format="%.4f"), "transfer/auc.csv")
-        figure = heatmap_figure(table, f"{name}\nheld-out ROC AUC; off-diagonal mean {metrics['detect/transfer_auc']:.3f}",
-                                xlabel="tested on (generator's held-out images vs real test images)", ylabel="trained on",
-                                colour_label="ROC AUC (0.5 chance; below: ranks them backwards)")
-        log_figure(figure, "transfer/auc.png")
-
+        metrics.update(_transfer(run.info.run_id, params, held_out, generators, sources, name, device))
     mlflow.log_metrics(metrics)
     summary = f"test/auc {metrics['test/auc']:.4f}  test/acc {metrics['test/acc']:.4f}  test/ap {metrics['test/ap']:.4f}"
     if "detect/transfer_auc" in metrics:
@@ -301,6 +255,85 @@ def _work(run, params: dict, manifest, generators: dict, sources: dict, note: st
                                           f"Model: {model_uri}; register it with `python -m pipelines register --parent-run {run.info.run_id}`.")
     print(f"[synthmix] detector {summary}; model {model_uri}", flush=True)
     return metrics, {"train_run": trained.run_id}
+
+
+def _held_out(model_uri: str, test_rows, device):
+    scores, labels, images, network, spec = _scores(model_uri, test_rows, device)
+    held_out = HeldOut(test_rows, labels.numpy(), scores.numpy(), (scores >= 0.5).long(), images, labels, test_rows.frame["generator"].to_numpy())
+    return held_out, network, spec
+
+
+def _scores_and_reports(held_out: HeldOut, generators: dict, name: str) -> dict:
+    """test/acc, test/auc, test/ap (and test/auc/<generator>); the confusion matrix, reports, ROC curves and per-image scores."""
+    import mlflow
+    import pandas as pd
+    from sklearn.metrics import average_precision_score, classification_report, confusion_matrix, roc_auc_score, roc_curve
+
+    from imaging.detection import CLASSES
+    from tracking.figures import confusion_matrix_figure, confusion_matrix_json, log_figure, roc_figure
+
+    truth, score, predictions = held_out.truth, held_out.score, held_out.predictions.numpy()
+    metrics = {"test/acc": float((predictions == truth).mean()), "test/auc": float(roc_auc_score(truth, score)),
+               "test/ap": float(average_precision_score(truth, score)), "test/images": len(truth)}
+    curves = {"all generators" if len(generators) > 1 else next(iter(generators)): (*roc_curve(truth, score)[:2], metrics["test/auc"])}
+    for generator in generators if len(generators) > 1 else ():
+        mask = (truth == 0) | (held_out.generator_of == generator)
+        metrics[f"test/auc/{generator}"] = float(roc_auc_score(truth[mask], score[mask]))
+        curves[generator] = (*roc_curve(truth[mask], score[mask])[:2], metrics[f"test/auc/{generator}"])
+    matrix = confusion_matrix(truth, predictions, labels=[0, 1])
+    log_figure(confusion_matrix_figure(matrix, CLASSES, f"{name}: held-out test"), "confusion_matrix/test.png")
+    mlflow.log_text(confusion_matrix_json(matrix, CLASSES), "confusion_matrix/test.json")
+    report = classification_report(truth, predictions, labels=[0, 1], target_names=CLASSES, output_dict=True, zero_division=0)
+    mlflow.log_dict(report, "reports/test_classification_report.json")
+    mlflow.log_text(classification_report(truth, predictions, labels=[0, 1], target_names=CLASSES, digits=4, zero_division=0), "reports/test_classification_report.txt")
+    log_figure(roc_figure(curves, f"{name}\nROC on {len(truth)} held-out images (synthetic = positive)"), "roc/test.png")
+    table = pd.DataFrame({"path": held_out.rows.frame["path"], "generator": held_out.generator_of, "label": [CLASSES[i] for i in truth], "p_synthetic": score})
+    mlflow.log_text(table.to_csv(index=False, float_format="%.6f"), "predictions/test.csv")
+    return metrics
+
+
+def _saliency(held_out: HeldOut, network, spec, params: dict, accuracy: float, device) -> None:
+    from imaging.detection import CLASSES
+    from models.saliency import correct_and_incorrect
+    from tracking.figures import log_figure
+    from tracking.overlays import correct_incorrect_panel
+
+    images, labels, predictions, count = held_out.images, held_out.labels, held_out.predictions, params["saliency"]
+    chosen, maps = correct_and_incorrect(network, images, labels, predictions, count, seed=params["seed"], mean=spec.mean, std=spec.std, image_size=spec.image_size, device=device)
+    figure = correct_incorrect_panel(
+        images[chosen].permute(0, 2, 3, 1).numpy(), maps.cpu().numpy(), labels[chosen].numpy(), predictions[chosen].numpy(), CLASSES, count,
+        suptitle=f"Grad-CAM of the predicted class · held-out detections · accuracy {accuracy:.3f}",
+    )
+    log_figure(figure, "saliency/gradcam_test.png")
+
+
+def _transfer(run_id: str, params: dict, held_out: HeldOut, generators: dict, sources: dict, name: str, device) -> dict:
+    """One detector per generator (nested detect runs), each scored on every generator's held-out images: the AUC matrix."""
+    import mlflow
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from imaging.detection import transfer_auc
+    from tracking.figures import heatmap_figure, log_figure
+
+    metrics = {}
+    table = pd.DataFrame(index=list(generators), columns=list(generators), dtype=float)
+    for trained_on, source in sources.items():
+        single = detect({**params, "synthetic_runs": source, "synthetic_data": "", "transfer": False, "saliency": 0}, nested=True, reuse=True,
+                        run_name=f"detect-{params['model']}-{trained_on}", tags={"synthmix.transfer_of": run_id})
+        detector_run = mlflow.get_run(single.run_id).data.tags[TAG_DETECTOR]
+        single_scores = _scores(f"runs:/{detector_run}/model", held_out.rows, device)[0].numpy()
+        for tested_on in generators:
+            mask = (held_out.truth == 0) | (held_out.generator_of == tested_on)
+            table.loc[trained_on, tested_on] = metrics[f"transfer/auc/{trained_on}/{tested_on}"] = float(roc_auc_score(held_out.truth[mask], single_scores[mask]))
+    metrics["detect/transfer_auc"] = transfer_auc(table)
+    table.index.name = "trained_on"
+    mlflow.log_text(table.to_csv(float_format="%.4f"), "transfer/auc.csv")
+    figure = heatmap_figure(table, f"{name}\nheld-out ROC AUC; off-diagonal mean {metrics['detect/transfer_auc']:.3f}",
+                            xlabel="tested on (generator's held-out images vs real test images)", ylabel="trained on",
+                            colour_label="ROC AUC (0.5 chance; below: ranks them backwards)")
+    log_figure(figure, "transfer/auc.png")
+    return metrics
 
 
 def run_command(**params):

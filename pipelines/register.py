@@ -246,7 +246,7 @@ def register(params: dict, *, runs: list[str] | None = None, echo=click.echo) ->
     from mlflow import MlflowClient
 
     from imaging.errors import InputError
-    from tracking.runs import get_run, quiet_mlflow
+    from tracking.runs import quiet_mlflow
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
@@ -256,58 +256,28 @@ def register(params: dict, *, runs: list[str] | None = None, echo=click.echo) ->
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias) or alias.lower() == "latest" or re.fullmatch(r"v\d+", alias.lower()):
         raise InputError(f"--alias {alias!r} is not a usable alias: letters, digits, _ and -, not starting with a digit, and not 'latest' or v<number>.")
     client = MlflowClient()
-    if optional(params["parent_run"]):
-        parent = get_run(params["parent_run"], "parent_run")
-        detector = parent.data.tags.get("synthmix.detector_train_run")
-        if detector:  # a detect run: its own detector, not the per-generator ones of its transfer runs
-            found, where = [client.get_run(detector)], f"the detector of {parent.info.run_name} ({parent.info.run_id})"
-        else:
-            found, where = _descendants(client, parent) + _study_steps(client, parent), f"the runs below {parent.info.run_name} ({parent.info.run_id})"
-    else:
-        found, where = _experiment_runs(client, optional(params["experiment"]))
+    found, where = _competing(client, params)
     found += [client.get_run(run_id) for run_id in runs or []]
-    found = list({run.info.run_id: run for run in found}.values())
-    choice = choose(found, metric, params["direction"], optional(params["data"]), where)
+    choice = choose(list({run.info.run_id: run for run in found}.values()), metric, params["direction"], optional(params["data"]), where)
     best = choice.best
     task = "detector" if best.run.data.tags.get("synthmix.task") == "detector" else "classifier"
     name = optional(params["registered_model"]) or model_name(best.dataset, task)
-    lower = lower_is_better(metric, params["direction"])
-
-    try:
-        client.get_registered_model(name)
-    except Exception:
-        client.create_registered_model(name, description=f"synthmix {task}s of {best.dataset}; the alias '{alias}' points at the best on {metric}.")
-    existing = client.search_model_versions(f"name = '{name}' AND run_id = '{best.run_id}'")
     test_acc = _test_accuracy(client, best)
-    tags = {
-        f"{TAG}train_run": best.run_id, f"{TAG}metric": metric, f"{TAG}metric_value": repr(best.value),
-        f"{TAG}val_digest": best.val_digest, f"{TAG}dataset": best.dataset,
-        **{f"{TAG}{k}": best.run.data.tags[TAG + k] for k in ("study", "ratio", "augment", "seed", "model") if TAG + k in best.run.data.tags},
-        **({"test/acc": _fmt(test_acc)} if test_acc is not None else {}), metric: _fmt(best.value),
-    }
-    if existing:
-        version = str(existing[0].version)
-        for key, value in tags.items():  # what it was chosen on this time, which a later comparison reads
-            client.set_model_version_tag(name, version, key, value)
-    else:
-        version = client.create_model_version(name, f"models:/{best.model_id}", run_id=best.run_id, tags=tags, model_id=best.model_id).version
-    version = str(version)
+    version, existing = _version_of(client, name, best, metric, alias, task, test_acc)
     try:
         holder = client.get_model_version_by_alias(name, alias)
     except Exception:
         holder = None
-
     pool = f"best {metric} of {len(choice.ranked)} finished train run{'s' if len(choice.ranked) != 1 else ''}"
     if choice.ties:
         pool += f", tied with {choice.ties} (broken by lower val/loss, then the earlier run)"
     test_text = f"; test/acc {_fmt(test_acc)}" if test_acc is not None else ""
     what = f"train run {best.run_id[:8]}{' (' + best.cell + ')' if best.cell else ''}: {metric} {_fmt(best.value)}, {pool}{test_text}"
     previous = str(holder.version) if holder is not None else None
-    moved, reason = _decide(holder, version, best, metric, alias, lower, params["force"])
+    moved, reason = _decide(holder, version, best, metric, alias, lower_is_better(metric, params["direction"]), params["force"])
     if moved:
         client.set_registered_model_alias(name, alias, version)
-    description = f"{what}. {'Holds' if moved or previous == version else 'Does not hold'} '{alias}': {reason}."
-    client.update_model_version(name, version, description=description)
+    client.update_model_version(name, version, description=f"{what}. {'Holds' if moved or previous == version else 'Does not hold'} '{alias}': {reason}.")
     uri = f"models:/{name}@{alias}"
     if moved or previous == version:
         message = f"{uri} is version {version}, {what}; {reason}."
@@ -317,6 +287,40 @@ def register(params: dict, *, runs: list[str] | None = None, echo=click.echo) ->
         message += f" Left out: {_left_out(choice.ignored)}."
     echo(f"[synthmix] {message}")
     return Registered(name, version, alias, best.run_id, metric, best.value, moved, message, uri, len(choice.ranked), previous, choice.ignored)
+
+
+def _competing(client, params: dict) -> tuple[list, str]:
+    """(the runs that compete, where they were found): below --parent-run (a pointer followed; a detect run: its detector), or in --experiment."""
+    from tracking.runs import get_run
+
+    if not optional(params["parent_run"]):
+        return _experiment_runs(client, optional(params["experiment"]))
+    parent = get_run(params["parent_run"], "parent_run")
+    detector = parent.data.tags.get("synthmix.detector_train_run")
+    if detector:  # a detect run: its own detector, not the per-generator ones of its transfer runs
+        return [client.get_run(detector)], f"the detector of {parent.info.run_name} ({parent.info.run_id})"
+    return _descendants(client, parent) + _study_steps(client, parent), f"the runs below {parent.info.run_name} ({parent.info.run_id})"
+
+
+def _version_of(client, name: str, best: Candidate, metric: str, alias: str, task: str, test_acc: float | None) -> tuple[str, bool]:
+    """(the version of `name` holding the winner's model, whether it existed before): registered once, its tags saying what it was chosen on."""
+    try:
+        client.get_registered_model(name)
+    except Exception:
+        client.create_registered_model(name, description=f"synthmix {task}s of {best.dataset}; the alias '{alias}' points at the best on {metric}.")
+    existing = client.search_model_versions(f"name = '{name}' AND run_id = '{best.run_id}'")
+    tags = {
+        f"{TAG}train_run": best.run_id, f"{TAG}metric": metric, f"{TAG}metric_value": repr(best.value),
+        f"{TAG}val_digest": best.val_digest, f"{TAG}dataset": best.dataset,
+        **{f"{TAG}{k}": best.run.data.tags[TAG + k] for k in ("study", "ratio", "augment", "seed", "model") if TAG + k in best.run.data.tags},
+        **({"test/acc": _fmt(test_acc)} if test_acc is not None else {}), metric: _fmt(best.value),
+    }
+    if not existing:
+        return str(client.create_model_version(name, f"models:/{best.model_id}", run_id=best.run_id, tags=tags, model_id=best.model_id).version), False
+    version = str(existing[0].version)
+    for key, value in tags.items():  # what it was chosen on this time, which a later comparison reads
+        client.set_model_version_tag(name, version, key, value)
+    return version, True
 
 
 def run_command(**params):

@@ -129,84 +129,90 @@ class Space:
 
 def load_space(path: str | None) -> Space:
     """The space file, checked entry by entry before any trial; InputError names the bad entry."""
+    raw, source = _read_space(path) if path else (DEFAULT_SPACE, "the default space")
+    return Space({name: _space_entry(name, entry, f"{source}: {name}") for name, entry in raw.items()}, source)
+
+
+def _read_space(path: str) -> tuple[dict, str]:
+    """(the space file's mapping, how to name it in errors)."""
+    from imaging.errors import InputError
+
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"--space {path}: no such file; give a YAML or JSON file like the default space in `python -m pipelines sweep --help`.")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InputError(f"--space {path} is not UTF-8 text (byte {error.start} is {error.object[error.start:error.start + 1]!r}); save it as a UTF-8 YAML or JSON file.") from None
+    try:
+        if file.suffix.lower() == ".json":
+            raw = json.loads(text)
+        else:
+            import yaml
+
+            raw = yaml.safe_load(text)
+    except Exception as error:
+        raise InputError(f"--space {path} is not valid {'JSON' if file.suffix.lower() == '.json' else 'YAML'} ({str(error).splitlines()[0]}).") from None
+    source = f"space file {path}"
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(f"{source} must map parameter names to values, ranges or choices, e.g. lr: {{low: 0.0001, high: 0.01, log: true}}.")
+    return raw, source
+
+
+def _space_value(name: str, value, where: str, what: str = ""):
+    """One value of parameter `name`, checked against KNOWN (a corruption family, or a number in range)."""
     from imaging.corruptions import KINDS
     from imaging.errors import InputError
 
-    if not path:
-        raw, source = DEFAULT_SPACE, "the default space"
-    else:
-        file = Path(path)
-        if not file.is_file():
-            raise InputError(f"--space {path}: no such file; give a YAML or JSON file like the default space in `python -m pipelines sweep --help`.")
-        try:
-            text = file.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise InputError(f"--space {path} is not UTF-8 text (byte {error.start} is {error.object[error.start:error.start + 1]!r}); save it as a UTF-8 YAML or JSON file.") from None
-        try:
-            if file.suffix.lower() == ".json":
-                raw = json.loads(text)
-            else:
-                import yaml
+    kind, lowest, highest, top_allowed = KNOWN[name]
+    if kind is str:
+        if value != "none" and value not in KINDS:
+            raise InputError(f"{where}: unknown corruption family {value!r}; use none or one of {', '.join(KINDS)}.")
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: {what}{value!r} is not a number.") from None
+    if kind is int and number != int(number):
+        raise InputError(f"{where}: {what}{value!r} is not a whole number.")
+    if number < lowest or number > highest or (number == highest and not top_allowed):
+        bound = f"from {lowest:g} {'to' if top_allowed else 'up to (not including)'} {highest:g}" if highest != math.inf else f"above {lowest:g}" if not top_allowed else f"from {lowest:g}"
+        raise InputError(f"{where}: {what}{value!r} is out of range; it must be {bound}.")
+    if name == "lr" and number <= 0:
+        raise InputError(f"{where}: {what}{value!r} is out of range; a learning rate must be above 0.")
+    return int(number) if kind is int else number
 
-                raw = yaml.safe_load(text)
-        except Exception as error:
-            raise InputError(f"--space {path} is not valid {'JSON' if file.suffix.lower() == '.json' else 'YAML'} ({str(error).splitlines()[0]}).") from None
-        source = f"space file {path}"
-        if not isinstance(raw, dict) or not raw:
-            raise InputError(f"{source} must map parameter names to values, ranges or choices, e.g. lr: {{low: 0.0001, high: 0.01, log: true}}.")
-    entries = {}
-    for name, entry in raw.items():
-        where = f"{source}: {name}"
-        if name not in KNOWN:
-            raise InputError(f"{where}: unknown parameter; use {', '.join(KNOWN)}.")
-        kind, lowest, highest, top_allowed = KNOWN[name]
 
-        def check(value, what=""):
-            if kind is str:
-                if value != "none" and value not in KINDS:
-                    raise InputError(f"{where}: unknown corruption family {value!r}; use none or one of {', '.join(KINDS)}.")
-                return value
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise InputError(f"{where}: {what}{value!r} is not a number.") from None
-            if kind is int and number != int(number):
-                raise InputError(f"{where}: {what}{value!r} is not a whole number.")
-            if number < lowest or number > highest or (number == highest and not top_allowed):
-                bound = f"from {lowest:g} {'to' if top_allowed else 'up to (not including)'} {highest:g}" if highest != math.inf else f"above {lowest:g}" if not top_allowed else f"from {lowest:g}"
-                raise InputError(f"{where}: {what}{value!r} is out of range; it must be {bound}.")
-            if name == "lr" and number <= 0:
-                raise InputError(f"{where}: {what}{value!r} is out of range; a learning rate must be above 0.")
-            return int(number) if kind is int else number
+def _space_entry(name: str, entry, where: str):
+    """A fixed value, ("range", low, high, log, step) or ("choices", [...]); InputError names what is wrong."""
+    from imaging.errors import InputError
 
-        if isinstance(entry, dict):
-            unknown = set(entry) - {"low", "high", "log", "step", "choices"}
-            if unknown:
-                raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; an entry is {{low, high, log, step}} or {{choices: [...]}}.")
-            if "choices" in entry:
-                if set(entry) != {"choices"} or not isinstance(entry["choices"], list) or not entry["choices"]:
-                    raise InputError(f"{where}: choices must be a non-empty list, alone in its entry.")
-                entries[name] = ("choices", [check(value, "choice ") for value in entry["choices"]])
-            elif kind is str:
-                raise InputError(f"{where}: a corruption family is chosen from a list; write {{choices: [none, salt_pepper, ...]}}.")
-            elif "low" in entry and "high" in entry:
-                low, high = check(entry["low"], "low "), check(entry["high"], "high ")
-                if not low < high:
-                    raise InputError(f"{where}: low {entry['low']!r} must be below high {entry['high']!r}.")
-                log = bool(entry.get("log", False))
-                if log and low <= 0:
-                    raise InputError(f"{where}: a log range needs low above 0.")
-                step = entry.get("step")
-                if step is not None and (log or float(step) <= 0):
-                    raise InputError(f"{where}: step must be above 0 and cannot go with log.")
-                entries[name] = ("range", low, high, log, step)
-            else:
-                raise InputError(f"{where}: give both low and high (or choices).")
-        elif isinstance(entry, list):
-            raise InputError(f"{where}: a list must be written as {{choices: [...]}}.")
-        else:
-            entries[name] = check(entry)
-    return Space(entries, source)
+    if name not in KNOWN:
+        raise InputError(f"{where}: unknown parameter; use {', '.join(KNOWN)}.")
+    if isinstance(entry, list):
+        raise InputError(f"{where}: a list must be written as {{choices: [...]}}.")
+    if not isinstance(entry, dict):
+        return _space_value(name, entry, where)
+    unknown = set(entry) - {"low", "high", "log", "step", "choices"}
+    if unknown:
+        raise InputError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; an entry is {{low, high, log, step}} or {{choices: [...]}}.")
+    if "choices" in entry:
+        if set(entry) != {"choices"} or not isinstance(entry["choices"], list) or not entry["choices"]:
+            raise InputError(f"{where}: choices must be a non-empty list, alone in its entry.")
+        return ("choices", [_space_value(name, value, where, "choice ") for value in entry["choices"]])
+    if KNOWN[name][0] is str:
+        raise InputError(f"{where}: a corruption family is chosen from a list; write {{choices: [none, salt_pepper, ...]}}.")
+    if "low" not in entry or "high" not in entry:
+        raise InputError(f"{where}: give both low and high (or choices).")
+    low, high = _space_value(name, entry["low"], where, "low "), _space_value(name, entry["high"], where, "high ")
+    if not low < high:
+        raise InputError(f"{where}: low {entry['low']!r} must be below high {entry['high']!r}.")
+    log, step = bool(entry.get("log", False)), entry.get("step")
+    if log and low <= 0:
+        raise InputError(f"{where}: a log range needs low above 0.")
+    if step is not None and (log or float(step) <= 0):
+        raise InputError(f"{where}: step must be above 0 and cannot go with log.")
+    return ("range", low, high, log, step)
 
 
 def augment_spec(values: dict) -> str:

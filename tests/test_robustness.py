@@ -16,7 +16,8 @@ from imaging.datasets import scan_folder
 from imaging.errors import InputError
 from imaging.images import decode
 from pipelines.corrupt import corrupt_split
-from pipelines.evaluate import corruption_errors, evaluate
+from pipelines.evaluate import evaluate
+from tracking.statistics import corruption_errors
 from pipelines.train import train
 
 FAST = {"model": "smallcnn", "epochs": 2, "batch_size": 16, "lr": 3e-3}
@@ -91,7 +92,7 @@ def test_evaluate_scores_every_kind_and_severity_and_normalises_by_a_baseline(ti
 
 
 def test_evaluate_rejects_unknown_corruptions_and_severities():
-    from pipelines.evaluate import parse_corruptions, parse_severities
+    from imaging.corruptions import parse_kinds as parse_corruptions, parse_severities
 
     with pytest.raises(InputError, match=r"--corruptions has unknown kinds \['fire'\]"):
         parse_corruptions("salt_pepper,fire")
