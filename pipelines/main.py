@@ -249,7 +249,7 @@ def _study(run, params: dict, manifest, plan: Plan):
         rows = [run_cell(*cell) for cell in plan.cells]
     started = time.perf_counter()
     trained = [row["train_run"] for row in rows if row["status"] == "ok"]
-    plan.champion = _champion(run, params, manifest, trained) if trained else ""
+    plan.champion = _champion(run, params, trained) if trained else ""
     steps_table = pd.DataFrame(steps.rows)
     if "seed" in steps_table:  # the synthesis step has none: keep the others' seeds whole numbers
         steps_table["seed"] = steps_table["seed"].astype("Int64")
@@ -373,15 +373,15 @@ def _steps_of(rows: list[dict], steps: list[dict]) -> list[dict]:
     return extra
 
 
-def _champion(run, params: dict, manifest, trained: list[str]) -> str:
-    """Register the study's best model (on val/acc) and say what became champion; a failure here loses no result."""
-    from pipelines.register import model_name, register
+def _champion(run, params: dict, trained: list[str]) -> str:
+    """Register the study's best model (on val/acc; --registered-model, empty: register's <dataset>-classifier) and say what became champion; a failure here loses no result."""
+    from pipelines.register import register
 
     name = params["registered_model"].strip()
     if name.lower() in ("none", "skip"):
         return ""
     try:
-        done = register({"parent_run": run.info.run_id, "registered_model": name or model_name(manifest.name), "metric": "val/acc"},
+        done = register({"parent_run": run.info.run_id, "registered_model": name, "metric": "val/acc"},
                         runs=trained, echo=lambda text: None)
     except Exception as error:
         print(f"[synthmix] the study's best model was not registered: {error.__class__.__name__}: {error}", flush=True)
