@@ -7,9 +7,16 @@ request. Its one input column, `image`, holds per row either an encoded image
 pixel array (H x W or H x W x C, C = 1, 3 or 4), in any request format that
 `mlflow models serve` takes:
 
-    {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG>"]]}}
+    {"dataframe_split": {"columns": ["image"], "data": [["<base64 PNG>"], [[[0, 12, ...], ...]]]}}
     {"dataframe_records": [{"image": "<base64 PNG>"}]}
-    {"inputs": {"image": ["<base64 PNG>", [[0, 12, ...], ...]]}}
+    {"inputs": {"image": ["<base64 PNG>", "<base64 PNG>"]}}
+    {"inputs": {"image": [[[0, 12, ...], ...]]}}
+    text/csv: a header line `image`, then one base64 PNG per line
+
+`inputs` and `instances` take encoded images, or pixel arrays all of one
+shape: the scoring server casts them to one numpy array of the signature's
+string type, which it cannot do for a mixture; the `dataframe_*` formats take
+any mixture of encoded images and pixel arrays of any sizes.
 
 Images of any size and colour mode are converted and resized as the training
 images were. The answer, per image: the predicted `label`, its `score` and one
@@ -101,6 +108,11 @@ def _from_pixels(value, spec: ClassifierSpec, max_pixels: int) -> np.ndarray:
         array = np.asarray(value)
     except ValueError:
         raise BadRequest("a ragged pixel array (rows of different lengths); send H x W or H x W x C numbers") from None
+    if array.dtype.kind in "US":  # the scoring server casts {"inputs": ...} to the signature's string type: "12" for 12
+        try:
+            array = array.astype(np.float64)
+        except ValueError:
+            raise BadRequest("a pixel array holding text that is not a number; send H x W or H x W x C numbers 0..255") from None
     if array.size == 0:
         raise BadRequest(f"empty (shape {array.shape}); send a base64-encoded image or an H x W or H x W x C pixel array")
     if array.dtype == object or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (1, 3, 4)):
@@ -224,18 +236,22 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 def log_classifier(checkpoint_path: Path, spec: ClassifierSpec, example_image: bytes):
     """Log the pyfunc model under `model/` of the active run, with signature and input example.
 
-    The signature's one input column `image` is typed Any: a row holds an encoded image (base64 over
-    HTTP) or a pixel array, which no narrower MLflow type covers; `metadata.input` spells it out. It
-    is marked optional so that a request without it reaches `predict`, whose error names the column
-    (MLflow's own schema check would echo the whole request back).
+    The signature's one input column `image` is typed string: a row holds base64 text over HTTP, and
+    MLflow's schema check passes an object column through untouched, so pixel arrays (and bytes
+    in-process) reach `predict` too; `metadata.input` spells it out. It is not typed Any because the
+    scoring server reads a text/csv request with `pandas.read_csv(dtype=<the schema's pandas types>)`,
+    and an Any column has no pandas type: every CSV request was refused with "Failed to get pandas
+    types". It is marked optional so that a request without it reaches `predict`, whose error names
+    the column (MLflow's own schema check would echo the whole request back).
     """
     from mlflow.models import ModelSignature, infer_signature
-    from mlflow.types.schema import AnyType, ColSpec, Schema
+    from mlflow.types import DataType
+    from mlflow.types.schema import ColSpec, Schema
 
     repo = Path(__file__).resolve().parents[1]
     example = pd.DataFrame({INPUT_COLUMN: [base64.b64encode(example_image).decode("ascii")]})
     output = pd.DataFrame({"label": [spec.classes[0]], "score": [1.0], **{f"p_{c}": [0.0] for c in spec.classes}})
-    signature = ModelSignature(inputs=Schema([ColSpec(AnyType(), INPUT_COLUMN, required=False)]), outputs=infer_signature(example, output).outputs)
+    signature = ModelSignature(inputs=Schema([ColSpec(DataType.string, INPUT_COLUMN, required=False)]), outputs=infer_signature(example, output).outputs)
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"pandas=={pd.__version__}", f"numpy=={np.__version__}", f"mlflow=={mlflow.__version__}"]
     import PIL
     import torchvision

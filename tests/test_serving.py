@@ -47,6 +47,16 @@ def test_encoded_images_and_pixel_arrays_become_the_same_batch():
     assert (from_array[0, :, :, 0] == reference).all()
 
 
+def test_pixel_arrays_cast_to_text_by_the_scoring_server_are_read_as_numbers():
+    # {"inputs": {"image": [pixels]}} reaches the model as numpy text ("12"), the signature's column type being string
+    grey = pattern(0, 1, 16)
+    assert (to_batch([grey.astype(str), grey[:, :, None].astype(str)], SPEC) == grey[:, :, None]).all()
+    with pytest.raises(BadRequest, match=r"^image 0: a pixel array holding text that is not a number"):
+        to_batch([np.array([["1", "x"], ["2", "3"]])], SPEC)
+    with pytest.raises(BadRequest, match=r"^image 0: non-integer pixel values"):
+        to_batch([np.array([["1.5", "2"], ["2", "3"]])], SPEC)
+
+
 @pytest.mark.parametrize("value, message", [
     ("@@@", r"^image 0: not valid base64 \(.*\); send the image file's bytes base64-encoded$"),
     (base64.b64encode(b"hello").decode(), r"^image 0: not an image \(Pillow cannot identify the format\)$"),
@@ -67,9 +77,9 @@ def test_an_image_over_the_pixel_limit_is_refused_before_decoding():
         to_batch([png(pattern(0, 0, 16)), png(np.zeros((100, 100), np.uint8))], SPEC, max_pixels=5_000)
 
 
-def _post(port: int, payload) -> tuple[int, dict]:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"})
+def _post(port: int, payload, content_type: str = "application/json") -> tuple[int, dict]:
+    body = payload if isinstance(payload, bytes) else payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
@@ -112,9 +122,14 @@ def test_the_real_server_answers_every_format_as_in_process_and_refuses_bad_requ
             "inputs": {"inputs": {"image": b64}},
             "inputs with pixel arrays": {"inputs": {"image": pixels}},
             "instances": {"instances": [{"image": v} for v in b64]},
+            "dataframe_split mixing base64 and pixel arrays": {"dataframe_split": {"columns": ["image"], "data": [[b64[0]]] + [[p] for p in pixels[1:]]}},
         }
+        # text/csv, as pandas writes it: MLflow reads it with read_csv(dtype=<the signature's pandas types>),
+        # which an Any-typed column broke ("Failed to get pandas types", HTTP 400 with a stack trace)
+        good["text/csv"] = ("text/csv", pd.DataFrame({"image": b64}).to_csv(index=False))
         for name, payload in good.items():
-            status, body = _post(port, payload)
+            content_type, payload = payload if isinstance(payload, tuple) else ("application/json", payload)
+            status, body = _post(port, payload, content_type)
             assert status == 200, (name, body)
             served = pd.DataFrame(body["predictions"])
             assert list(served["label"]) == list(expected["label"]), name
@@ -129,9 +144,13 @@ def test_the_real_server_answers_every_format_as_in_process_and_refuses_bad_requ
             ({"dataframe_split": {"columns": ["picture"], "data": [[b64[0]]]}}, "the request has no 'image' column"),
             ({"inputs": {"image": [[[[1, 2]]]]}}, "image 0: a pixel array of shape (1, 1, 2)"),
             (b"{not json", "Ensure that input is a valid JSON"),
+            # `inputs` is cast to one numpy array of the signature's type before the model sees it (a mixture: use dataframe_split)
+            ({"inputs": {"image": [b64[0], pixels[1]]}}, "inhomogeneous shape"),
         ]
+        bad.append((("text/csv", pd.DataFrame({"image": [b64[0], "not base64!"]}).to_csv(index=False)), "image 1: not valid base64"))
         for payload, message in bad:
-            status, body = _post(port, payload)
+            content_type, payload = payload if isinstance(payload, tuple) else ("application/json", payload)
+            status, body = _post(port, payload, content_type)
             assert status == 400 and message in body["message"], body
             assert len(body["message"]) < 400  # the problem, not the request echoed back
         status, body = _post(port, good["inputs"])  # still answering

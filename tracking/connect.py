@@ -138,7 +138,7 @@ def _open_sqlite_store(uri: str) -> None:
         raise InputError(f"MLFLOW_TRACKING_URI={uri}: {path} is not a SQLite database; point it at MLflow's .db file, or at a new path to create one.")
     if not path.parent.is_dir():
         raise InputError(f"MLFLOW_TRACKING_URI={uri}: the folder {path.parent} does not exist; create it or choose another path.")
-    with open(f"{path}.lock", "a") as handle:  # the first command creates and migrates the store; the others wait
+    with open(f"{path}.lock", "a") as handle, _quiet("mlflow.store.db.utils", "alembic"):  # the first command creates and migrates the store; the others wait
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             MlflowClient(mlflow.get_tracking_uri()).search_experiments(max_results=1)
@@ -147,6 +147,26 @@ def _open_sqlite_store(uri: str) -> None:
                              "point it at MLflow's .db file, or at a new path to create one.") from None
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _quiet(*loggers: str):
+    """Those loggers' INFO lines ("Creating initial MLflow database tables...") kept off stderr for the block,
+    so that a command that then stops on bad input prints its one error line and nothing else."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def block():
+        levels = {name: logging.getLogger(name).level for name in loggers}
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+
+    return block()
 
 
 def storage_lock(url: str, name: str):

@@ -238,14 +238,13 @@ def stop_heartbeat(run_id: str) -> None:
 
 
 def _beat_loop() -> None:
-    client = MlflowClient()
     while True:
         time.sleep(HEARTBEAT_S)
         with _beat_lock:
             run_ids = list(_beating)
         for run_id in run_ids:
             try:
-                client.set_tag(run_id, TAG_HEARTBEAT, _beat_value())
+                MlflowClient().set_tag(run_id, TAG_HEARTBEAT, _beat_value())
             except Exception:  # a busy store misses one beat; the grace period covers it
                 pass
 

@@ -253,6 +253,11 @@ def headline_from_facts(facts: dict) -> str:
         if following is not None:
             sentence += f"; at {percent(following['ratio'])} {_drop_phrase(following, clause=True)}"
         sentence += "."
+    elif verdict == "one_seed" and drop.get("failed") and not drop["n"]:
+        sentence = (
+            f"At {percent(drop['ratio'])} synthetic no seed finished ({drop['failed']} failed: see the failed steps), so the {metric_label} drop there "
+            f"cannot be measured and it cannot be said how much synthetic data stays within {tolerance} of it."
+        )
     elif verdict == "one_seed" and drop.get("failed"):
         sentence = (
             f"At {percent(drop['ratio'])} synthetic only {drop['n']} seed finished ({drop['failed']} failed: see the failed steps), so there is no confidence interval "
