@@ -318,21 +318,23 @@ def _report(result, params: dict, name: str) -> None:
 
 
 def _stale_callback(retries: int):
-    """For a trial whose worker died: its MLflow runs become FAILED; optionally the trial is retried."""
+    """For a trial whose worker died: its trial run is tagged FAIL, and the dead worker's MLflow runs (its sweep run,
+    the trial's nested runs) are ended FAILED by their own stale heartbeats; optionally the trial is retried."""
 
     def callback(study, trial):
+        import mlflow
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient()
-        for key in ("mlflow_run_id", "train_run_id"):
-            run_id = trial.user_attrs.get(key)
-            if run_id:
-                try:
-                    client.set_tag(run_id, "optuna.state", "FAIL")
-                    client.set_tag(run_id, "synthmix.failed_by", "heartbeat: its worker stopped answering")
-                    client.set_terminated(run_id, "FAILED")
-                except Exception as error:  # the run may be gone; the trial's state is what counts
-                    print(f"[synthmix] could not mark run {run_id} of trial {trial.number} failed: {error}", flush=True)
+        from tracking.runs import end_dead_runs
+
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            try:
+                MlflowClient().set_tag(run_id, "optuna.state", "FAIL")
+            except Exception as error:  # the run may be gone; the trial's state is what counts
+                print(f"[synthmix] could not tag run {run_id} of trial {trial.number}: {error}", flush=True)
+        if mlflow.active_run() is not None:
+            end_dead_runs(mlflow.active_run().info.experiment_id)
         print(f"[synthmix] trial {trial.number} failed: its worker stopped sending heartbeats", flush=True)
         if retries:
             import optuna

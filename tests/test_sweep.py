@@ -206,6 +206,11 @@ def test_workers_share_one_study_in_postgresql_and_a_dead_workers_trial_fails(tm
         assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states.values()) == 3
         dead_run = client.get_run(dead.user_attrs["mlflow_run_id"])
         assert dead_run.info.status == "FAILED" and dead_run.data.tags["optuna.state"] == "FAIL"
+        # the dead worker's sweep run and the dead trial's nested train run are not left RUNNING either: their heartbeats stopped
+        victim_sweep = client.get_run(dead_run.data.tags["mlflow.parentRunId"])
+        for left in (victim_sweep, client.get_run(trains[0].info.run_id)):
+            assert left.info.status == "FAILED" and left.data.tags["synthmix.failed_by"].startswith("heartbeat"), left.info
+        assert not client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
         assert {m.step for m in client.get_metric_history(trains[0].info.run_id, "val/acc")} >= logged  # nothing logged is lost
         assert len([r for r in _trial_runs(client, experiment_id) if r.data.tags["optuna.study"] == "shared"]) == len(runs)
     finally:
