@@ -93,6 +93,11 @@ def check_tracking() -> None:
         _check_mlflow_server(uri)
     elif uri.startswith("sqlite:"):
         _open_sqlite_store(uri)
+    elif uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres", "mysql", "mssql"):
+        from mlflow.tracking import MlflowClient
+
+        with storage_lock(uri, "mlflow-store"):  # workers started together on a new database would race to create MLflow's tables
+            MlflowClient(uri).search_experiments(max_results=1)
 
 
 def _check_mlflow_server(uri: str) -> None:
