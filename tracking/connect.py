@@ -96,7 +96,7 @@ def check_tracking() -> None:
     elif uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres", "mysql", "mssql"):
         from mlflow.tracking import MlflowClient
 
-        with storage_lock(uri, "mlflow-store"):  # workers started together on a new database would race to create MLflow's tables
+        with storage_lock(uri, "mlflow-store"), _quiet("mlflow.store.db.utils", "alembic"):  # workers started together on a new database would race to create MLflow's tables
             MlflowClient(uri).search_experiments(max_results=1)
 
 
