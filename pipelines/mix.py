@@ -58,6 +58,8 @@ def mix(params: dict, *, nested: bool = False, run_name: str | None = None, reus
     synthetic_source(params)  # before the real dataset is scanned, which can take a while
     real, report = load_manifest({**params, "dataset_run": ""})
     synthetic, synthetic_skipped, synthetic_run = load_synthetic(params)
+    if synthetic_run is not None:
+        params["synthetic_run"] = synthetic_run.info.run_id  # the run that holds the images (a pointer followed) is what the key names
     key = cache_key("mix", params, real_digest=real.digest, synthetic_digest=synthetic.digest)
     all_tags = {"synthmix.ratio": str(params["ratio"]), "synthmix.mode": params["mode"]}
     if synthetic_run is not None:

@@ -195,8 +195,9 @@ def make_pointer(pointer_id: str, target, verb: str) -> None:
     client.set_tag(pointer_id, TAG_POINTER, target.info.run_id)
     client.set_tag(pointer_id, "mlflow.runName", f"{target.info.run_name} ({verb})")
     stage = target.data.tags.get(TAG_STAGE, "run")
-    client.set_tag(pointer_id, NOTE, f"This command {verb} the {stage} run {target.info.run_id} ({target.info.run_name}), which holds the "
-                                     f"artifacts and metrics: {run_url(target)}. Any synthmix option that takes a run id accepts this one too.")
+    page = f"#/experiments/{target.info.experiment_id}/runs/{target.info.run_id}?{TRAINING_VIEW}"  # relative: works on any UI's address
+    client.set_tag(pointer_id, NOTE, f"This command {verb} the {stage} run [{target.info.run_name}]({page}) ({target.info.run_id}), which holds the "
+                                     f"artifacts and metrics. Any synthmix option that takes a run id accepts this run's id too.")
     print(f"[synthmix] the run `mlflow run` made ({pointer_id}) points at the {stage} run {target.info.run_id}, which holds the result", flush=True)
 
 
