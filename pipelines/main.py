@@ -134,7 +134,8 @@ class Plan:
         return [(seed, augment, ratio) for seed in self.seeds for augment in self.augments for ratio in self.ratios]
 
 
-def _plan(params: dict, manifest) -> Plan:
+def _plan(params: dict, load_manifest) -> tuple[Plan, object]:
+    """The plan and the real dataset (`load_manifest()`), every option checked before the dataset is scanned where it can be."""
     from imaging.corruptions import parse_kinds, parse_severities
     from models.classifiers import check_model_name
     from pipelines._cli import optional
@@ -145,11 +146,12 @@ def _plan(params: dict, manifest) -> Plan:
     check_model_name(params["model"])  # before any run, not inside the first cell
     check_synthetic(params, needed=any(r > 0 for r in ratios))
     plan = Plan(ratios, augments, seeds, kinds, optional(params["synthetic_run"]), optional(params["synthetic_data"]), optional(params["storage"]))
+    manifest = load_manifest()  # scanned once the options are known to be good
     if not (plan.synthetic_run or plan.synthetic_data):
         _check_per_class(params["per_class"], manifest, ratios)
     source = plan.synthetic_run or plan.synthetic_data or params["generator"]
     plan.study = params["study"] or f"{manifest.name}-{params['model']}-{source if not plan.synthetic_run else 'run-' + plan.synthetic_run[:8]}".replace("/", "_")
-    return plan
+    return plan, manifest
 
 
 def _check_per_class(per_class: int, manifest, ratios: list[float]) -> None:
@@ -176,8 +178,7 @@ def main(params: dict) -> dict:
 
     quiet_mlflow()
     params = {**DEFAULTS, **params}
-    manifest, _ = load_manifest({key: params[key] for key in DATA_KEYS})
-    plan = _plan(params, manifest)
+    plan, manifest = _plan(params, lambda: load_manifest({key: params[key] for key in DATA_KEYS})[0])
     if plan.storage:
         check_reachable(plan.storage, "Optuna storage", "start the database or fix --storage")
     key = cache_key("main", params, NOT_HASHED, dataset_digest=manifest.digest)
