@@ -50,7 +50,8 @@ def corrupt_split(params: dict, *, nested: bool = False, run_name: str | None = 
     name = run_name or f"corrupt-{manifest.name}-{params['split']}-{params['kind']}{params['severity']}-s{params['seed']}"
     all_tags = {"synthmix.corruption": params["kind"], "synthmix.severity": str(params["severity"]), **(tags or {})}
     return get_or_run(
-        "corrupt", cache_key("corrupt", params, digest=manifest.digest), load=lambda: None,
+        # the digest names the data; which run (or pointer) logged that manifest does not change what is written
+        "corrupt", cache_key("corrupt", params, ("dataset_run",), digest=manifest.digest), load=lambda: None,
         work=lambda run, _: _write(run, params, manifest, chosen, level),
         run_name=name, params=params, tags=all_tags, nested=nested, reuse=reuse,
     )
