@@ -11,11 +11,22 @@ killed at any point and started again with the same command only does what is
 missing; the same command on the same data continues the same parent run. A
 step that fails is reported and the study goes on.
 
+With --seeds auto, every cell starts with 3 seeds; after each round (a look) only
+the cells whose answer is still open (the interval of the paired drop against
+real only, or of a corruption-trained arm's robust-accuracy gain, straddles
+--tolerance) get one seed more, until every fraction up to the first costly
+one is decided or a cell has --max-seeds. Each look's interval is at
+confidence 1 - 0.05/K over the K = max_seeds - 2 possible looks (Bonferroni),
+so the reported 95% intervals stay valid however the study stopped. A rerun
+replays the looks from the finished steps, so a study killed mid-round, or
+rerun with a larger --max-seeds, goes on where it stopped.
+
 With --storage (an Optuna database URL), the cells are trials of an Optuna
 grid study that every worker started with the same command shares: each
 takes cells no other has taken, all under one parent run, and the worker that
 finishes the last cell writes the report (a rerun finds every cell done and
-writes it).
+writes it). Under --seeds auto each round is such a grid; a worker waits for the
+round's last cell (the next look needs it) and takes part in the next round.
 
 The study ends by registering its best model (on val/acc) as the champion of
 --registered-model; see `register`.
@@ -29,7 +40,7 @@ chart view. Models are chosen on validation data; the test split is reported.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 
@@ -45,7 +56,13 @@ PARAMS = [
     *pick(mix_stage.PARAMS, "synthetic_run", "synthetic_data"),
     option("ratios", "0,0.5,0.6,0.7,0.8", "Synthetic fractions of the training set to compare (comma-separated, 0 = real only, which every cell is compared with; 0.6 = synthetic:real 6:4)."),
     option("augments", "none", "Training arms, comma-separated: none, or kind:severity:probability (e.g. none,salt_pepper:3:0.5 adds a corruption-trained arm to every ratio); several corruptions in one arm are joined with +."),
-    option("seeds", "3", "How many seeds (3 = seeds 0,1,2) or a list such as 0,1,2; a seed drives mix sampling, initialisation and batch order."),
+    option("seeds", "3", "How many seeds (3 = seeds 0,1,2), a list such as 0,1,2, or auto: start every cell with 3 seeds and, after each round (a look), "
+           "add one seed only to the cells whose answer is still open (interval straddles --tolerance), until every fraction up to the first costly one "
+           "is decided or --max-seeds is reached; each look's interval is at confidence 1 - 0.05/K over the K = max_seeds - 2 possible looks (Bonferroni: "
+           "valid however the looks correlate, and simple to check), so the reported 95% CIs hold at whichever look the study stops. "
+           "A seed drives mix sampling, initialisation and batch order."),
+    option("max_seeds", 10, "With --seeds auto: the most seeds a cell gets (at least 3; default 10 seeds per cell, so at most 8 looks); "
+           "raise it later to continue the same study (every look is then recomputed at the new K).", int),
     *pick(train_stage.PARAMS, "model", "pretrained", "epochs", "batch_size", "lr"),
     *pick(synthesize_stage.PARAMS, "per_class"),
     option("corruptions", "salt_pepper,gradient_noise,blend", "Corruptions of the real test split to evaluate on (comma-separated or 'all'); empty: clean test split only."),
@@ -59,7 +76,7 @@ PARAMS = [
     option("storage", "", "Optuna storage URL (e.g. postgresql://user@host/db) to split the cells over workers: every worker started with the same command takes cells no other has taken, and the one that finishes the last cell writes the report; empty: all cells here."),
 ]
 DEFAULTS = defaults(PARAMS)
-NOT_HASHED = ("device", "checkpoint_every", "registered_model", "storage")
+NOT_HASHED = ("device", "checkpoint_every", "registered_model", "storage", "max_seeds")  # max_seeds: raising it continues the same study
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -111,6 +128,27 @@ def parse_seeds(text: str) -> list[int]:
     return numbers
 
 
+def parse_max_seeds(seeds: str, max_seeds, augments: list[str]) -> int:
+    """0 for a fixed set of seeds; for --seeds auto, --max-seeds (at least the 3 seeds every cell starts with)."""
+    from imaging.errors import InputError
+    from tracking.statistics import FIRST_SEEDS
+
+    if str(seeds).strip().lower() != "auto":
+        return 0
+    try:
+        most = float(str(max_seeds).strip())  # MLproject passes numbers as written: 10 or 10.0
+        if not most.is_integer():
+            raise ValueError(max_seeds)
+        most = int(most)
+    except ValueError as error:
+        raise InputError(f"--max-seeds {max_seeds!r} is not a whole number; give the most seeds per cell for --seeds auto, e.g. 10.") from error
+    if most < FIRST_SEEDS:
+        raise InputError(f"--max-seeds {most} is too few for --seeds auto: every cell starts with {FIRST_SEEDS} seeds; give at least {FIRST_SEEDS} (default 10).")
+    if "" not in augments:
+        raise InputError("--seeds auto decides the accuracy drop of plain training against real only, but --augments has no arm none; add it, e.g. none,salt_pepper:3:0.5.")
+    return most
+
+
 def arm_name(augment: str) -> str:
     return augment.replace(",", "+") or "none"
 
@@ -128,6 +166,8 @@ class Plan:
     storage: str | None
     study: str = ""
     champion: str = ""
+    max_seeds: int = 0  # --seeds auto: the most seeds per cell (0: the fixed seeds above)
+    looks: list = field(default_factory=list)  # --seeds auto: one row per target and look (tracking.statistics.look_rows)
 
     @property
     def cells(self) -> list[tuple]:
@@ -141,11 +181,13 @@ def _plan(params: dict, load_manifest) -> tuple[Plan, object]:
     from pipelines._cli import optional
     from tracking.lineage import check_synthetic
 
-    ratios, augments, seeds = parse_ratios(params["ratios"]), parse_augments(params["augments"]), parse_seeds(params["seeds"])
+    ratios, augments = parse_ratios(params["ratios"]), parse_augments(params["augments"])
+    max_seeds = parse_max_seeds(params["seeds"], params["max_seeds"], augments)
+    seeds = list(range(3)) if max_seeds else parse_seeds(params["seeds"])  # auto: every cell starts with seeds 0, 1, 2
     kinds, _ = parse_kinds(params["corruptions"]), parse_severities(params["severities"])
     check_model_name(params["model"])  # before any run, not inside the first cell
     check_synthetic(params, needed=any(r > 0 for r in ratios))
-    plan = Plan(ratios, augments, seeds, kinds, optional(params["synthetic_run"]), optional(params["synthetic_data"]), optional(params["storage"]))
+    plan = Plan(ratios, augments, seeds, kinds, optional(params["synthetic_run"]), optional(params["synthetic_data"]), optional(params["storage"]), max_seeds=max_seeds)
     manifest = load_manifest()  # scanned once the options are known to be good
     if not (plan.synthetic_run or plan.synthetic_data):
         _check_per_class(params["per_class"], manifest, ratios)
@@ -237,17 +279,17 @@ def _study(run, params: dict, manifest, plan: Plan):
     log_dataset(manifest, artifact=False)  # the real splits every cell is trained, validated and tested on
     synthesis, source = _synthesis(params, plan, steps)
     run_cell = lambda seed, augment, ratio: _cell(params, plan, steps, source, seed, augment, ratio)  # noqa: E731
-    if plan.storage:
+    if plan.max_seeds:
+        rows, elsewhere = _rounds(plan, params["tolerance"], run_cell)
+    elif plan.storage:
         rows, left = _cells_on_workers(plan.storage, plan.study, plan.cells, run_cell)
-        if left:
-            done = len(plan.cells) - left
-            mlflow.log_metric("study/cells_done", done)
-            note = (f"{done} of {len(plan.cells)} cells done; {left} still run on other workers. The worker that finishes "
-                    "the last cell writes the report (or rerun this command when they are done).")
-            return {"study/cells_done": done}, {"headline": note, "cells_ok": 0, "cells_failed": 0}
-        steps.rows.extend(_steps_of(rows, steps.rows))
+        elsewhere = _left_to_others(len(plan.cells) - left, len(plan.cells)) if left else None
     else:
-        rows = [run_cell(*cell) for cell in plan.cells]
+        rows, elsewhere = [run_cell(*cell) for cell in plan.cells], None
+    if elsewhere:
+        return elsewhere
+    if plan.storage:
+        steps.rows.extend(_steps_of(rows, steps.rows))
     started = time.perf_counter()
     trained = [row["train_run"] for row in rows if row["status"] == "ok"]
     plan.champion = _champion(run, params, trained) if trained else ""
@@ -262,6 +304,76 @@ def _study(run, params: dict, manifest, plan: Plan):
     counts = {"study/cells_ok": facts["cells_ok"], "study/cells_failed": facts["cells_failed"]}
     mlflow.log_metrics(counts)
     return counts, facts
+
+
+def _left_to_others(done: int, total: int) -> tuple[dict, dict]:
+    """What a worker of a --storage study answers when another worker finishes the last cell: that one writes the report."""
+    import mlflow
+
+    mlflow.log_metric("study/cells_done", done)
+    still = f"{total - done} still run on other workers" if done < total else "another worker finished the last one"
+    note = (f"{done} of {total} cells done; {still}. The worker that finishes the last cell writes the report "
+            "(or rerun this command when they are done).")
+    return {"study/cells_done": done}, {"headline": note, "cells_ok": 0, "cells_failed": 0}
+
+
+def _rounds(plan: Plan, tolerance: float, run_cell) -> tuple[list[dict], tuple | None]:
+    """--seeds auto: the grid at 3 seeds, then, after each round (a look), one more seed for each target still
+    open (tracking.statistics: look_decisions, next_round), up to --max-seeds. Every look is recomputed from the
+    cells' results, so a rerun replays the same looks, reusing every finished step, and goes on where it stopped.
+    (every cell's row, what to answer when another worker finished the last cell of the last look)."""
+    import pandas as pd
+
+    from tracking.statistics import FIRST_SEEDS, look_decisions, look_rows, next_round, sequential_looks, sequential_targets
+    from tracking.study import with_robust_means
+
+    targets = sequential_targets([arm_name(a) for a in plan.augments], plan.ratios, robust=bool(plan.kinds))
+    seeds, rows, plan.looks, most = {target: FIRST_SEEDS for target in targets}, {}, [], sequential_looks(plan.max_seeds)
+    for look in range(1, most + 1):
+        done, waited = _round(plan, look, [cell for cell in _round_cells(plan, seeds) if cell not in rows], run_cell)
+        rows.update(done)
+        results = with_robust_means(pd.DataFrame(list(rows.values())), plan.kinds)
+        decisions = look_decisions(results, seeds, tolerance, plan.max_seeds)
+        plan.looks += look_rows(look, decisions, seeds)
+        more = next_round(decisions, seeds, plan.max_seeds)
+        states = ", ".join(f"{kind} {arm} {ratio * 100:g}%: {d.state} ({seeds[(kind, arm, ratio)]} seeds)" for (kind, arm, ratio), d in decisions.items())
+        print(f"[synthmix] look {look} of at most {most}: {states}; " + (f"{len(more)} still open get a seed more" if more else "the study stops"), flush=True)
+        if not more:
+            break
+        seeds = {**seeds, **more}
+    return list(rows.values()), (_left_to_others(len(rows), len(rows)) if waited else None)
+
+
+def _round_cells(plan: Plan, seeds: dict) -> list[tuple]:
+    """The cells (seed, augment, ratio) a look needs: the first grid, and each target's cell and the one it is paired with at each of its seeds."""
+    augment_of = {arm_name(augment): augment for augment in plan.augments}
+    ratio_of = {round(float(ratio), 6): ratio for ratio in plan.ratios}
+    wanted = set(plan.cells)
+    for (kind, arm, ratio), count in seeds.items():
+        cell = (augment_of[arm], ratio_of[ratio])
+        partner = (augment_of[arm], ratio_of[0.0]) if kind == "drop" else ("", ratio_of[ratio])  # real only / the arm none
+        wanted |= {(seed, *pair) for seed in range(count) for pair in (cell, partner)}
+    order = {augment: index for index, augment in enumerate(plan.augments)}
+    return sorted(wanted, key=lambda c: (c[0], order[c[1]], c[2]))
+
+
+def _round(plan: Plan, look: int, cells: list[tuple], run_cell) -> tuple[dict, bool]:
+    """A look's new cells, run here; with --storage, a grid that every worker shares (one Optuna study per distinct
+    round), waiting for the cells other workers run, since the next look needs them all. (rows by cell, whether this worker waited)."""
+    import hashlib
+    import time
+
+    if not plan.storage or not cells:
+        return {cell: run_cell(*cell) for cell in cells}, False
+    name, waited = f"{plan.study}-{hashlib.sha256(repr(cells).encode()).hexdigest()[:10]}", False
+    while True:
+        rows, left = _cells_on_workers(plan.storage, name, cells, run_cell)
+        if not left:
+            return dict(zip(cells, rows)), waited
+        if not waited:
+            print(f"[synthmix] look {look}: {left} cell(s) still run on other workers; waiting for them (the next look needs every cell)", flush=True)
+        waited = True
+        time.sleep(5)
 
 
 def _synthesis(params: dict, plan: Plan, steps: Steps):

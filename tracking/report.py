@@ -155,6 +155,65 @@ def robust_figure(summary: pd.DataFrame, corruptions: list[str], include_mean: b
     return fig
 
 
+DECISION_COLOURS = {"open": "#8a8a8a", "good": "#2e7d32", "bad": "#c62828"}
+
+
+def _target_title(kind: str, augment: str, ratio: float) -> str:
+    return f"drop at {percent(ratio)} synthetic" if kind == "drop" else f"robust gain of {augment}\nat {percent(ratio)} synthetic"
+
+
+def _decision_colour(kind: str, state: str) -> str:
+    if state == "open":
+        return DECISION_COLOURS["open"]
+    return DECISION_COLOURS["good" if (kind, state) in (("drop", "below"), ("gain", "above")) else "bad"]
+
+
+def looks_figure(looks: pd.DataFrame, tolerance: float) -> Figure:
+    """A panel per target of --seeds auto: its interval (points) at each look against the seeds it had, narrowing while
+    seeds are added; the tolerance dashed; grey while open, green once decided safe (a gain: above), red once decided costly."""
+    from matplotlib.lines import Line2D
+
+    targets = list(dict.fromkeys(zip(looks["kind"], looks["augment"], looks["ratio"])))
+    if not targets:
+        raise ValueError("looks_figure needs at least one look of one target")
+    columns = min(len(targets), 4)
+    rows = math.ceil(len(targets) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.5 * columns + 0.6, 3.1 * rows + 1.2), squeeze=False)
+    for ax in axes.flat[len(targets):]:
+        ax.set_visible(False)
+    for ax, (kind, augment, ratio) in zip(axes.flat, targets):
+        history = looks[(looks["kind"] == kind) & (looks["augment"] == augment) & (looks["ratio"] == ratio)].drop_duplicates("seeds")
+        for _, point in history.iterrows():  # a decided target gets no more seeds: one point per seed count
+            mean, low, high = (float(point[k]) * 100 for k in ("mean", "low", "high"))
+            error = [[mean - low], [high - mean]] if not math.isnan(low) else None
+            ax.errorbar([point["seeds"]], [mean], yerr=error, fmt="o", color=_decision_colour(kind, point["state"]), capsize=4, linewidth=2, markersize=6)
+        ax.axhline(tolerance * 100, color="#444444", linestyle="--", linewidth=1)
+        ax.axhline(0, color="#cccccc", linewidth=0.8, zorder=0)
+        ax.set_xticks(sorted(history["seeds"].unique()))
+        ax.set_xlim(history["seeds"].min() - 0.6, history["seeds"].max() + 0.6)
+        later = history.iloc[1:] if len(history) > 1 else history  # the first look's interval can be very wide: scale to the later ones
+        ends = pd.concat([later["low"], later["high"]]).dropna().to_numpy(float) * 100
+        if len(ends):
+            low, high = min(ends.min(), 0.0, tolerance * 100), max(ends.max(), tolerance * 100)
+            ax.set_ylim(low - 0.15 * (high - low + 0.5), high + 0.15 * (high - low + 0.5))
+        ax.set_title(_target_title(kind, augment, ratio), fontsize=10)
+        ax.set_xlabel("seeds per cell (a look each)", fontsize=9)
+        ax.grid(True, axis="y", color="#e3e3e3", linewidth=0.8)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("points (95% CI over all looks)", fontsize=9)
+    handles = [Line2D([], [], color=colour, marker="o", linewidth=2, label=label) for colour, label in (
+        (DECISION_COLOURS["open"], "open: straddles the tolerance"), (DECISION_COLOURS["good"], "decided: drop below / gain above"),
+        (DECISION_COLOURS["bad"], "decided: drop above / gain below"), ("#444444", f"tolerance ({tolerance * 100:g} points)"))]
+    handles[-1].set_linestyle("--")
+    handles[-1].set_marker("")
+    fig.suptitle("Intervals over the looks: a seed is added while the answer is open", x=0.01, ha="left", fontsize=12)
+    fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0.1 if rows == 1 else 0.06, 1, 0.95))
+    return fig
+
+
 def compact_confusion_figure(matrix: np.ndarray, classes: list[str], label: str) -> Figure:
     """A small confusion matrix for side-by-side comparison: colour is the row's share, counts written when there are few classes."""
     matrix = np.asarray(matrix)
@@ -352,6 +411,29 @@ def _confusion_section(confusion: list) -> str:
     return '<p class="legend">Rows: true class, columns: predicted; colour: share of the true class; counts summed over seeds.</p>' + f'<div class="grid">{"".join(tiles)}</div>'
 
 
+def _sequential_section(sequential: dict) -> str:
+    """--seeds auto: how the seeds were added, each target's seeds and the look that decided it, and the figure of the looks."""
+    texts = ("what", "seeds", "decided at look", "interval at the last look (points)", "decision")
+    head = "".join((f'<th class="text">{_escape(text)}</th>' if text in ("what", "decision") else f"<th>{_escape(text)}</th>") for text in texts)
+    body = []
+    for _, row in sequential["outcomes"].iterrows():
+        interval = "n/a" if pd.isna(row["low"]) else f"{_signed(row['mean'] * 100, 2)} ({_signed(row['low'] * 100, 2)} to {_signed(row['high'] * 100, 2)})"
+        decided = str(row["decided_at"]) if row["decided_at"] else "—"
+        colour = {DECISION_COLOURS["good"]: "better", DECISION_COLOURS["bad"]: "worse"}.get(_decision_colour(row["kind"], row["state"]), "")
+        body.append(f'<tr><td class="text">{_escape(_target_title(row["kind"], row["augment"], row["ratio"]).replace(chr(10), " "))}</td><td>{row["seeds"]}</td>'
+                    f'<td>{decided}</td><td>{_escape(interval)}</td><td class="text {colour}">{_escape(row["outcome"])}</td></tr>')
+    table = f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return f'<p class="legend">{_escape(sequential["note"])}</p>' + table + _figure(sequential["figure"], sequential["caption"])
+
+
+def _interval_legend(summary: pd.DataFrame) -> str:
+    confidence = float(summary.attrs.get("confidence", 0.95))
+    if math.isclose(confidence, 0.95):
+        return "mean ± half-width of the 95% Student-t interval over seeds (number of seeds)"
+    return (f"mean ± half-width of the Student-t interval over seeds (number of seeds), at {confidence * 100:.4g}% per look, so that it holds "
+            "with 95% over all the study's looks (Bonferroni; see Sequential decisions)")
+
+
 def write_report(
     path,
     *,
@@ -364,6 +446,7 @@ def write_report(
     synthesis: dict | None,
     runs: pd.DataFrame,
     notes: list[str] = (),
+    sequential: dict | None = None,
 ) -> Path:
     """One self-contained HTML file; `figures` maps a caption to a Figure or PNG bytes, shown in that order."""
     sections = [f"<h1>{_escape(title)}</h1>", f'<p class="headline">{_escape(headline)}</p>']
@@ -372,7 +455,7 @@ def write_report(
     if figures:
         sections.append("<h2>Accuracy</h2>" + "".join(_figure(figure_png(figure), caption) for caption, figure in figures.items()))
     sections.append(
-        "<h2>Cells</h2><p class=\"legend\">mean ± half-width of the 95% Student-t interval over seeds (number of seeds); "
+        f"<h2>Cells</h2><p class=\"legend\">{_escape(_interval_legend(summary))}; "
         "Δ: paired difference to the real-only cell of the same arm, per seed. Green / red: the whole interval is better / worse. Hover a value for its interval.</p>"
         + _cells_table(summary, metrics, "diff", difference_heading)
     )
@@ -382,6 +465,8 @@ def write_report(
             f"<h2>Training-time corruption vs {_escape(reference_augment)}</h2><p class=\"legend\">Each arm minus the {_escape(reference_augment)} arm at the same synthetic share and seed.</p>"
             + _cells_table(summary, metrics, "effect", lambda metric, _: f"Δ {metric} vs {reference_augment}" + (" (points)" if is_share_metric(metric) else ""))
         )
+    if sequential:
+        sections.append("<h2>Sequential decisions</h2>" + _sequential_section(sequential))
     sections.append("<h2>Confusion matrices</h2>" + _confusion_section(confusion))
     sections.append("<h2>Synthetic images</h2>" + _synthesis_section(synthesis))
     sections.append("<h2>Runs</h2>" + _runs_table(runs))

@@ -27,6 +27,23 @@ qualifies. When none qualifies the sentence says why, from the smallest ratio:
 one seed (no interval: run at least 2, better 3+); the whole interval above
 the tolerance (already that ratio costs more); or the interval straddles it
 (too wide to say: run more seeds).
+
+Sequential decisions (`--seeds auto`, the functions under "sequential"): a
+*target* is what the headline states, ("drop", reference arm, ratio) for every
+ratio above real only and ("gain", arm, real only) for each other arm's
+robust-accuracy gain. Every cell starts with 3 seeds; after each round (a
+look) `look_decisions` places each target's interval against the tolerance
+(`sequential_decision`: "below", "above" or "open") and `next_round` gives one
+more seed to the targets still open, below --max-seeds N and (a drop) not above
+the smallest fraction already shown costly; the study stops when none is left.
+A target is looked at once per round at 3, 4, ..., N seeds, so at most
+K = N - 2 times, and each look's two-sided interval is at confidence
+1 - 0.05/K (Bonferroni). The chance that any of a target's K intervals misses
+its true value is then at most 5% whatever the correlation between looks, so
+the interval at the look where the study stopped (a data-dependent time) is
+still a 95% interval, and a false "below the tolerance" happens in at most
+2.5% of studies. `summarise(..., confidence=look_confidence(N))` gives the
+report's intervals on the same footing.
 """
 from __future__ import annotations
 
@@ -82,7 +99,8 @@ def mean_ci(values, confidence: float = 0.95) -> Interval:
 # ---------------------------------------------------------------- summary
 
 
-def summarise(results: pd.DataFrame, metrics: list[str], baseline_ratio: float = 0.0, reference_augment: str = REFERENCE_AUGMENT) -> pd.DataFrame:
+def summarise(results: pd.DataFrame, metrics: list[str], baseline_ratio: float = 0.0, reference_augment: str = REFERENCE_AUGMENT, confidence: float = 0.95) -> pd.DataFrame:
+    """The per-cell table (see the module docstring); every interval at `confidence` (0.95, or a sequential study's per-look confidence)."""
     metrics = list(metrics)
     per_seed, failed_counts = _per_seed(results, metrics)
     baseline_ratio = round(float(baseline_ratio), 6)
@@ -98,19 +116,19 @@ def summarise(results: pd.DataFrame, metrics: list[str], baseline_ratio: float =
         cell = seeds_of(augment, ratio)
         row = {"augment": augment, "ratio": ratio, "n": 0 if cell is None else len(cell), "failed": int(failed_counts.get((augment, ratio), 0))}
         for metric in metrics:
-            interval = mean_ci([] if cell is None else cell[metric])
+            interval = mean_ci([] if cell is None else cell[metric], confidence)
             row.update(_columns(metric, interval))
         baseline = seeds_of(augment, baseline_ratio)
         reference = seeds_of(reference_augment, ratio)
         for metric in metrics:
-            row.update(_columns(f"diff/{metric}", _paired(cell, baseline, metric, same_cell=ratio == baseline_ratio)))
+            row.update(_columns(f"diff/{metric}", _paired(cell, baseline, metric, ratio == baseline_ratio, confidence)))
         for metric in metrics:
-            row.update(_columns(f"effect/{metric}", _paired(cell, reference, metric, same_cell=augment == reference_augment)))
+            row.update(_columns(f"effect/{metric}", _paired(cell, reference, metric, augment == reference_augment, confidence)))
         rows.append(row)
 
     columns = ["augment", "ratio", "n", "failed"] + [f"{prefix}{metric}/{stat}" for prefix in ("", "diff/", "effect/") for metric in metrics for stat in ("mean", "low", "high", "n")]
     summary = pd.DataFrame(rows, columns=columns)
-    summary.attrs.update(baseline_ratio=baseline_ratio, reference_augment=reference_augment, metrics=metrics)
+    summary.attrs.update(baseline_ratio=baseline_ratio, reference_augment=reference_augment, metrics=metrics, confidence=confidence)
     return summary
 
 
@@ -138,7 +156,7 @@ def _per_seed(results: pd.DataFrame, metrics: list[str]) -> tuple[pd.DataFrame, 
     return per_seed, failed_counts
 
 
-def _paired(cell: pd.DataFrame | None, other: pd.DataFrame | None, metric: str, same_cell: bool) -> Interval:
+def _paired(cell: pd.DataFrame | None, other: pd.DataFrame | None, metric: str, same_cell: bool, confidence: float = 0.95) -> Interval:
     if cell is None:
         return Interval(math.nan, math.nan, math.nan, 0)
     if same_cell:
@@ -146,7 +164,7 @@ def _paired(cell: pd.DataFrame | None, other: pd.DataFrame | None, metric: str, 
     if other is None:
         return Interval(math.nan, math.nan, math.nan, 0)
     differences = cell[metric] - other[metric]  # aligned on seed; a seed missing on either side gives NaN, skipped
-    return mean_ci(differences)
+    return mean_ci(differences, confidence)
 
 
 def _columns(prefix: str, interval: Interval) -> dict:
@@ -271,7 +289,8 @@ def headline_from_facts(facts: dict) -> str:
     elif verdict == "already_costly":
         sentence = f"Already {percent(drop['ratio'])} synthetic images cost more than {tolerance} of {metric_label} ({_drop_phrase(drop)})."
     else:
-        sentence = f"No tested synthetic fraction is shown to cost less than {tolerance} of {metric_label}: the confidence intervals are too wide to say (at {percent(drop['ratio'])}: {_drop_phrase(drop)}); run more seeds."
+        more = "raise --max-seeds to continue this study" if facts.get("sequential") else "run more seeds"
+        sentence = f"No tested synthetic fraction is shown to cost less than {tolerance} of {metric_label}: the confidence intervals are too wide to say (at {percent(drop['ratio'])}: {_drop_phrase(drop)}); {more}."
 
     clauses = [sentence]
     for effect in facts["augment_effects"]:
@@ -281,6 +300,8 @@ def headline_from_facts(facts: dict) -> str:
         else:
             detail = "one seed, no CI"
         clauses.append(f"Training with {effect['augment']} changes {robust_label} by {signed_points(effect['mean'])} points ({detail}) at {percent(effect['ratio'])} synthetic.")
+    if facts.get("sequential"):
+        clauses.append(_seeds_sentence(facts["sequential"]))
     return " ".join(clauses)
 
 
@@ -293,6 +314,147 @@ def _drop_phrase(drop: dict, clause: bool = False) -> str:
         return f"the drop is {points} from one seed, without a CI" if clause else f"drop {points} from one seed, no CI"
     interval = f"95% CI {signed_points(drop['low'], plus=False)} to {signed_points(drop['high'], plus=False)}"
     return f"the drop is {points} ({interval})" if clause else f"drop {points}, {interval}, {drop['n']} seeds"
+
+
+# ---------------------------------------------------------------- sequential (--seeds auto)
+
+FIRST_SEEDS = 3  # seeds every cell starts with under --seeds auto
+ALPHA = 0.05  # the chance that any interval of a target, over all its looks together, misses its true value
+STATES = {  # a target's decision, as the report and headline say it
+    ("drop", "below"): "safe: drop below the tolerance",
+    ("drop", "above"): "costly: drop above the tolerance",
+    ("gain", "above"): "gains more than the tolerance",
+    ("gain", "below"): "gains less than the tolerance",
+}
+
+
+def sequential_looks(max_seeds: int) -> int:
+    """K: the looks a study with at most `max_seeds` seeds per cell can take, one after each round (at 3, 4, ..., max_seeds seeds)."""
+    return max(1, int(max_seeds) - FIRST_SEEDS + 1)
+
+
+def look_confidence(max_seeds: int, alpha: float = ALPHA) -> float:
+    """Each look's two-sided confidence: 1 - alpha / K (Bonferroni over the K possible looks)."""
+    return 1 - alpha / sequential_looks(max_seeds)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a target's interval lies against the tolerance: "below" (its upper end is below), "above"
+    (its lower end is above) or "open" (it straddles the tolerance, or there is no interval yet)."""
+
+    state: str
+    interval: Interval
+
+
+def sequential_decision(values, tolerance: float, max_seeds: int, alpha: float = ALPHA) -> Decision:
+    """The decision rule of --seeds auto at one look: the Student-t interval of the per-seed `values` (drops or
+    gains, paired by seed) at confidence 1 - alpha/K, placed against `tolerance`."""
+    interval = mean_ci(values, look_confidence(max_seeds, alpha))
+    if interval.n >= 2 and interval.high < tolerance:
+        return Decision("below", interval)
+    if interval.n >= 2 and interval.low > tolerance:
+        return Decision("above", interval)
+    return Decision("open", interval)
+
+
+def next_round(decisions: dict, seeds: dict, max_seeds: int) -> dict:
+    """Seeds per target at the next look: one more for each target still open with fewer than `max_seeds`,
+    except a drop above the smallest fraction of its arm already shown costly (the answer stops there).
+    {} ends the study. One seed at a time: every seed is a training per open cell, and the study stops at
+    the first look that decides; the price is more looks, K = max_seeds - 2, in the Bonferroni split."""
+    costly: dict[str, float] = {}
+    for (kind, arm, ratio), decision in decisions.items():
+        if kind == "drop" and decision.state == "above":
+            costly[arm] = min(ratio, costly.get(arm, math.inf))
+    return {
+        target: seeds[target] + 1 for target, decision in decisions.items()
+        if decision.state == "open" and seeds[target] < max_seeds and not (target[0] == "drop" and target[2] > costly.get(target[1], math.inf))
+    }
+
+
+def sequential_targets(arms, ratios, robust: bool, baseline_ratio: float = 0.0, reference: str = REFERENCE_AUGMENT) -> list[tuple]:
+    """What --seeds auto decides, as the headline states it: the reference arm's drop at every ratio above real only,
+    and (robust accuracy measured) each other arm's robust-accuracy gain at real only."""
+    drops = [("drop", reference, round(float(ratio), 6)) for ratio in sorted(ratios) if ratio > baseline_ratio + 1e-9]
+    gains = [("gain", arm, round(float(baseline_ratio), 6)) for arm in arms if arm != reference] if robust else []
+    return drops + gains
+
+
+def look_decisions(results: pd.DataFrame, seeds: dict, tolerance: float, max_seeds: int, metric: str = "test/acc",
+                   robust_metric: str = "robust/acc", baseline_ratio: float = 0.0) -> dict:
+    """Each target's decision from its first seeds[target] seeds (0 .. n-1), paired by seed: a drop is the
+    real-only cell minus the cell (on `metric`), a gain the arm minus the reference arm (on `robust_metric`)."""
+    per_seed, _ = _per_seed(results, [m for m in (metric, robust_metric) if m in results.columns])
+    decisions = {}
+    for target, count in seeds.items():
+        kind, arm, ratio = target
+        if kind == "drop":
+            first, second, column = (arm, round(baseline_ratio, 6)), (arm, ratio), metric
+        else:
+            first, second, column = (arm, ratio), (REFERENCE_AUGMENT, ratio), robust_metric
+        values = _seed_values(per_seed, first, column, count) - _seed_values(per_seed, second, column, count)
+        decisions[target] = sequential_decision(values, tolerance, max_seeds)
+    return decisions
+
+
+def _seed_values(per_seed: pd.DataFrame, cell: tuple, column: str, count: int) -> pd.Series:
+    if column not in per_seed.columns or cell not in per_seed.index.droplevel("seed"):
+        return pd.Series(dtype=float)
+    values = per_seed.xs(cell, level=("augment", "ratio"))[column]
+    return values[values.index < count]
+
+
+def look_rows(look: int, decisions: dict, seeds: dict) -> list[dict]:
+    """One row per target at this look (the report's history of the intervals narrowing)."""
+    return [{"look": look, "kind": kind, "augment": arm, "ratio": ratio, "seeds": seeds[(kind, arm, ratio)], "n": d.interval.n,
+             "mean": d.interval.mean, "low": d.interval.low, "high": d.interval.high, "state": d.state}
+            for (kind, arm, ratio), d in decisions.items()]
+
+
+def sequential_outcomes(looks: pd.DataFrame, max_seeds: int) -> pd.DataFrame:
+    """Per target: the seeds it took, the look that decided it (0: none did), its last interval and why it stopped."""
+    rows = []
+    for (kind, arm, ratio), history in looks.groupby(["kind", "augment", "ratio"], sort=False):
+        last, decided = history.iloc[-1], history[history["state"] != "open"]
+        if len(decided):
+            outcome = STATES[(kind, last["state"])]
+        elif last["seeds"] >= max_seeds:
+            outcome = f"open at the maximum of {max_seeds} seeds"
+        else:
+            outcome = "not needed: above the first fraction shown costly"
+        rows.append({"kind": kind, "augment": arm, "ratio": ratio, "seeds": int(last["seeds"]), "n": int(last["n"]),
+                     "decided_at": int(decided["look"].iloc[0]) if len(decided) else 0, "mean": last["mean"], "low": last["low"],
+                     "high": last["high"], "state": last["state"], "outcome": outcome})
+    return pd.DataFrame(rows, columns=["kind", "augment", "ratio", "seeds", "n", "decided_at", "mean", "low", "high", "state", "outcome"])
+
+
+def seed_counts(results: pd.DataFrame) -> dict[tuple[str, float], int]:
+    """Seeds each cell (augment, ratio) was run with, finished or failed."""
+    if results.empty:
+        return {}
+    frame = results.assign(ratio=results["ratio"].astype(float).round(6), augment=results["augment"].astype(str))
+    return {cell: int(count) for cell, count in frame.groupby(CELL_KEYS)["seed"].nunique().items()}
+
+
+def sequential_facts(results: pd.DataFrame, looks: pd.DataFrame, max_seeds: int, reference: str = REFERENCE_AUGMENT) -> dict:
+    """What the headline adds under --seeds auto: the seeds per cell and the looks taken of the K possible."""
+    counts = seed_counts(results)
+    order = sorted(counts, key=lambda cell: _cell_order(cell, reference))
+    return {"max_seeds": int(max_seeds), "looks": sequential_looks(max_seeds), "looks_taken": int(looks["look"].max()) if len(looks) else 0,
+            "confidence": look_confidence(max_seeds), "seeds": [{"augment": a, "ratio": r, "seeds": counts[(a, r)]} for a, r in order],
+            "reference_augment": reference}
+
+
+def _seeds_sentence(sequential: dict) -> str:
+    """'Seeds per cell (...): 0% 6, 50% 4; with salt_pepper:3:0.5: 0% 5, 50% 3.'"""
+    arms: dict[str, list[str]] = {}
+    for cell in sequential["seeds"]:
+        arms.setdefault(cell["augment"], []).append(f"{percent(cell['ratio'])} {cell['seeds']}")
+    parts = [", ".join(cells) if arm == sequential["reference_augment"] else f"with {arm}: {', '.join(cells)}" for arm, cells in arms.items()]
+    confidence = f"{sequential['confidence'] * 100:.4g}%"
+    return (f"Seeds per cell, added only where the answer was still open (at most {sequential['max_seeds']}; each look's interval at {confidence}, "
+            f"so the 95% CIs hold over all {sequential['looks']} possible looks, Bonferroni): {'; '.join(parts)}.")
 
 
 # ---------------------------------------------------------------- formatting
@@ -419,6 +581,11 @@ def study_metrics(summary: pd.DataFrame) -> dict[str, float]:
                     if not pd.isna(value):
                         values[f"study/{prefix}{metric_name_part(metric, keep_slashes=True)}/{stat}/{where}"] = float(value)
     return values
+
+
+def seed_metrics(results: pd.DataFrame) -> dict[str, float]:
+    """`study/seeds/<augment>/r<ratio>`: the seeds each cell was run with (finished or failed; --seeds auto gives cells different counts)."""
+    return {f"study/seeds/{metric_name_part(augment)}/{ratio_key(ratio)}": float(count) for (augment, ratio), count in seed_counts(results).items()}
 
 
 def study_metric_series(summary: pd.DataFrame) -> list[tuple[str, float, int]]:
