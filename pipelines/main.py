@@ -26,7 +26,8 @@ grid study that every worker started with the same command shares: each
 takes cells no other has taken, all under one parent run, and the worker that
 finishes the last cell writes the report (a rerun finds every cell done and
 writes it). Under --seeds auto each round is such a grid; a worker waits for the
-round's last cell (the next look needs it) and takes part in the next round.
+round's last cell (the next look needs it) and takes part in the next round;
+the one that finishes the last look's last cell writes the report.
 
 The study ends by registering its best model (on val/acc) as the champion of
 --registered-model; see `register`.
@@ -321,7 +322,7 @@ def _rounds(plan: Plan, tolerance: float, run_cell) -> tuple[list[dict], tuple |
     """--seeds auto: the grid at 3 seeds, then, after each round (a look), one more seed for each target still
     open (tracking.statistics: look_decisions, next_round), up to --max-seeds. Every look is recomputed from the
     cells' results, so a rerun replays the same looks, reusing every finished step, and goes on where it stopped.
-    (every cell's row, what to answer when another worker finished the last cell of the last look)."""
+    (every cell's row, what to answer when another worker writes the report)."""
     import pandas as pd
 
     from tracking.statistics import FIRST_SEEDS, look_decisions, look_rows, next_round, sequential_looks, sequential_targets
@@ -329,8 +330,11 @@ def _rounds(plan: Plan, tolerance: float, run_cell) -> tuple[list[dict], tuple |
 
     targets = sequential_targets([arm_name(a) for a in plan.augments], plan.ratios, robust=bool(plan.kinds))
     seeds, rows, plan.looks, most = {target: FIRST_SEEDS for target in targets}, {}, [], sequential_looks(plan.max_seeds)
+    ran = []  # the cells this process ran (or found finished) itself, round by round
     for look in range(1, most + 1):
-        done, waited = _round(plan, look, [cell for cell in _round_cells(plan, seeds) if cell not in rows], run_cell)
+        ran.append(0)
+        counted = lambda *cell: ran.__setitem__(-1, ran[-1] + 1) or run_cell(*cell)  # noqa: E731
+        done, waited = _round(plan, look, [cell for cell in _round_cells(plan, seeds) if cell not in rows], counted)
         rows.update(done)
         results = with_robust_means(pd.DataFrame(list(rows.values())), plan.kinds)
         decisions = look_decisions(results, seeds, tolerance, plan.max_seeds)
@@ -341,7 +345,10 @@ def _rounds(plan: Plan, tolerance: float, run_cell) -> tuple[list[dict], tuple |
         if not more:
             break
         seeds = {**seeds, **more}
-    return list(rows.values()), (_left_to_others(len(rows), len(rows)) if waited else None)
+    # with --storage, the worker that finished the last look's last cell writes the report; one that waited for it, or that
+    # took part in earlier rounds but found the last one done, does not (a rerun, which ran no cell, writes it)
+    elsewhere = plan.storage and (waited or (sum(ran) and not ran[-1]))
+    return list(rows.values()), (_left_to_others(len(rows), len(rows)) if elsewhere else None)
 
 
 def _round_cells(plan: Plan, seeds: dict) -> list[tuple]:
