@@ -131,9 +131,27 @@ SMALL = {
 }
 
 
-def test_seeds_auto_adds_seeds_only_where_open_and_a_rerun_reuses_every_step(tiny_folder, experiment):
+def test_seeds_auto_adds_seeds_only_where_open_and_a_rerun_reuses_every_step(tiny_folder, experiment, monkeypatch):
+    from pipelines import main as main_stage
+
     params = {**SMALL, "data": str(tiny_folder), "registered_model": "none"}
-    first = main_of(params)
+    trainings, train = [], main_stage.train_stage.train
+
+    def stopped_at_the_fifth(*args, **kwargs):  # Ctrl-C in the middle of the first round
+        trainings.append(1)
+        if len(trainings) == 5:
+            raise KeyboardInterrupt
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(main_stage.train_stage, "train", stopped_at_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        main_of(params)
+    [killed] = runs_of(experiment, "main")
+    assert killed.info.status == "KILLED" and len(runs_of(experiment, "train")) == 4
+    monkeypatch.setattr(main_stage.train_stage, "train", train)
+
+    first = main_of(params)  # the same command continues the killed study, reusing its four trainings
+    assert first["run_id"] == killed.info.run_id
     parent = MlflowClient().get_run(first["run_id"])
     download = lambda name: mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path=name)  # noqa: E731
     looks = pd.read_csv(download("looks.csv"))
