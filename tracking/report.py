@@ -205,7 +205,7 @@ def looks_figure(looks: pd.DataFrame, tolerance: float) -> Figure:
         ax.set_ylabel("points (95% CI over all looks)", fontsize=9)
     handles = [Line2D([], [], color=colour, marker="o", linewidth=2, label=label) for colour, label in (
         (DECISION_COLOURS["open"], "open: straddles the tolerance"), (DECISION_COLOURS["good"], "decided: drop below / gain above"),
-        (DECISION_COLOURS["bad"], "decided: drop above / gain below"), ("#444444", f"tolerance ({tolerance * 100:g} points)"))]
+        (DECISION_COLOURS["bad"], "decided: drop above / gain below"), ("#444444", f"tolerance ({tolerance * 100:g} point{'' if math.isclose(tolerance * 100, 1) else 's'})"))]
     handles[-1].set_linestyle("--")
     handles[-1].set_marker("")
     fig.suptitle("Intervals over the looks: a seed is added while the answer is open", x=0.01, ha="left", fontsize=12)
