@@ -135,8 +135,24 @@ def log_dataset(manifest: Manifest, inputs: dict[str, Manifest] | None = None, *
         inputs = {split: manifest.split(split) for split in ("train", "val", "test")}
     for context, rows in inputs.items():
         if len(rows):
-            mlflow.log_input(rows.mlflow_dataset(), context=context)
+            _log_input(rows.mlflow_dataset(), context)
     if artifact:
         with tempfile.TemporaryDirectory() as folder:
             manifest.save(Path(folder))
             mlflow.log_artifacts(folder, DATASET_ARTIFACT)
+
+
+def _log_input(dataset, context: str, attempts: int = 4) -> None:
+    """mlflow.log_input, again after a moment when another worker inserted the same dataset at the same time
+    (MLflow looks a dataset up by digest, then inserts it: two workers logging one dataset together race)."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except Exception as error:
+            text = str(error).lower()
+            if attempt + 1 == attempts or not ("unique" in text or "duplicate" in text):
+                raise
+            time.sleep(0.2 * (attempt + 1))
