@@ -81,10 +81,10 @@ def pick(params: list[click.Option], *names: str, **new_defaults) -> list[click.
 
 
 def passed_on(own: list[click.Option], values: dict, stage: list[click.Option], **overrides) -> dict:
-    """The parameters a stage hands to another it runs (`stage`, that stage's PARAMS): every parameter both
-    declare the same way (taken over with `pick`, or a shared one such as --device and the dataset
-    options, which every stage that reads the real data takes), then `overrides`. A namesake declared otherwise (the study's --epochs are the classifier's,
-    not the generator's) is not handed on."""
+    """The parameters a stage hands to another it runs (`stage`, that stage's PARAMS): every parameter
+    both declare the same way (taken over with `pick`, or shared, such as --device), the dataset options
+    where `stage` reads the real data too, then `overrides`. A namesake declared otherwise (the study's
+    --epochs are the classifier's, not the generator's) is not handed on."""
     theirs = {(p.name, p.help) for p in stage}
     names = {p.name for p in stage}
     return {**{p.name: values[p.name] for p in own if (p.name, p.help) in theirs or (p.name in DATA_KEYS and p.name in names)}, **overrides}

@@ -16,15 +16,13 @@ import mlflow
 from imaging.errors import InputError
 from imaging.images import DEFAULT_MAX_PIXELS
 from imaging.manifest import Manifest
-from tracking.runs import EMPTY
+from tracking.runs import EMPTY, get_run
 
 DATASET_ARTIFACT = "dataset"
 
 
 def run_manifest(run_id: str, what: str = "dataset_run") -> Manifest:
     """The manifest run `run_id` logged under dataset/."""
-    from tracking.runs import get_run
-
     run = get_run(run_id, what)
     try:
         folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=DATASET_ARTIFACT)
@@ -62,8 +60,6 @@ def load_synthetic(params: dict):
     from imaging.datasets import scan_folder
     from imaging.manifest import SPLITS
     from imaging.mixing import absolute_paths
-    from tracking.runs import get_run
-
     run_id, folder = synthetic_source(params)
     if run_id:
         run = get_run(run_id, "synthetic_run")
@@ -95,8 +91,6 @@ def check_synthetic(params: dict, needed: bool = True) -> None:
     if not needed:
         return
     if run_id:
-        from tracking.runs import get_run
-
         get_run(run_id, "synthetic_run")
     else:
         load_synthetic(params)
