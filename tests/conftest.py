@@ -179,3 +179,19 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float
 def venv_env(extra: dict | None = None) -> dict:
     """The environment with this Python's bin folder first on PATH (servers exec gunicorn / uvicorn from it)."""
     return {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]), **(extra or {})}
+
+
+def study_workers(tmp_path: Path, pg_databases, experiment: str, *options: str, workers: int = 2) -> tuple[str, list[str]]:
+    """`python -m pipelines main` on a tiny real and synthetic folder, started `workers` times at once on a fresh
+    PostgreSQL tracking store and Optuna storage, with `options` added; (the tracking store URL, each worker's output)."""
+    real, synthetic = make_folder(tmp_path / "real", per_class=16), make_folder(tmp_path / "synthetic", per_class=16)
+    backend, storage = pg_databases(), pg_databases()
+    env = {k: v for k, v in venv_env({"MLFLOW_TRACKING_URI": backend, "MLFLOW_EXPERIMENT_NAME": experiment}).items() if k != "MLFLOW_EXPERIMENT_ID"}
+    args = [sys.executable, "-m", "pipelines", "main", "--data", str(real), "--synthetic-data", str(synthetic), "--ratios", "0,0.5",
+            "--augments", "none", "--saliency", "0", "--model", "smallcnn", "--epochs", "1", "--batch-size", "16", "--device", "cpu",
+            "--registered-model", "none", "--storage", storage, *options]
+    started = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) for _ in range(workers)]
+    outputs = [worker.communicate(timeout=600)[0] for worker in started]
+    assert all(worker.returncode == 0 for worker in started), "".join(out[-2000:] for out in outputs)
+    return backend, outputs
+

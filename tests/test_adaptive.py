@@ -206,20 +206,9 @@ def test_with_storage_each_round_is_a_grid_of_its_own_that_a_rerun_finds_done(tm
 
 @pytest.mark.postgres
 def test_two_workers_share_every_round_through_postgresql(tmp_path, pg_databases):
-    import subprocess
-    import sys
+    from conftest import study_workers
 
-    from conftest import make_folder, venv_env
-
-    real, synthetic = make_folder(tmp_path / "real", per_class=16), make_folder(tmp_path / "synthetic", per_class=16)
-    backend, storage = pg_databases(), pg_databases()
-    env = {k: v for k, v in venv_env({"MLFLOW_TRACKING_URI": backend, "MLFLOW_EXPERIMENT_NAME": "rounds"}).items() if k != "MLFLOW_EXPERIMENT_ID"}
-    args = [sys.executable, "-m", "pipelines", "main", "--data", str(real), "--synthetic-data", str(synthetic), "--ratios", "0,0.5", "--seeds", "auto",
-            "--max-seeds", "4", "--tolerance", "0", "--augments", "none", "--corruptions", "", "--saliency", "0", "--model", "smallcnn",
-            "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--registered-model", "none", "--storage", storage]
-    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) for _ in range(2)]
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), outputs[0][-2000:] + outputs[1][-2000:]
+    backend, outputs = study_workers(tmp_path, pg_databases, "rounds", "--seeds", "auto", "--max-seeds", "4", "--tolerance", "0", "--corruptions", "")
     client = MlflowClient(tracking_uri=backend)
     runs = client.search_runs([client.get_experiment_by_name("rounds").experiment_id], max_results=1000)
     trained = sorted((r.data.tags["synthmix.ratio"], r.data.tags["synthmix.seed"]) for r in runs if r.data.tags["synthmix.stage"] == "train")

@@ -168,17 +168,9 @@ def test_mlflow_run_train_then_evaluate_as_a_user_types_it(tiny_folder, experime
 
 @pytest.mark.postgres
 def test_two_workers_split_the_grid_through_postgresql_and_one_report_holds_every_cell(tmp_path, pg_databases):
-    from conftest import venv_env
+    from conftest import study_workers
 
-    real, synthetic = make_folder(tmp_path / "real", per_class=16), make_folder(tmp_path / "synthetic", per_class=16)
-    backend, storage = pg_databases(), pg_databases()
-    env = {k: v for k, v in venv_env({"MLFLOW_TRACKING_URI": backend, "MLFLOW_EXPERIMENT_NAME": "grid"}).items() if k != "MLFLOW_EXPERIMENT_ID"}
-    args = [sys.executable, "-m", "pipelines", "main", "--data", str(real), "--synthetic-data", str(synthetic), "--ratios", "0,0.5", "--seeds", "2",
-            "--augments", "none", "--corruptions", "salt_pepper", "--severities", "1", "--saliency", "0", "--model", "smallcnn", "--epochs", "1",
-            "--batch-size", "16", "--device", "cpu", "--registered-model", "none", "--storage", storage]
-    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path) for _ in range(2)]
-    outputs = [w.communicate(timeout=600)[0] for w in workers]
-    assert all(w.returncode == 0 for w in workers), outputs[0][-2000:] + outputs[1][-2000:]
+    backend, outputs = study_workers(tmp_path, pg_databases, "grid", "--seeds", "2", "--corruptions", "salt_pepper", "--severities", "1")
     client = MlflowClient(tracking_uri=backend)
     runs = client.search_runs([client.get_experiment_by_name("grid").experiment_id], max_results=1000)
     trained = [r for r in runs if r.data.tags["synthmix.stage"] == "train"]
