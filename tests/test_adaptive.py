@@ -178,6 +178,13 @@ def test_seeds_auto_adds_seeds_only_where_open_and_a_rerun_reuses_every_step(tin
     steps = pd.read_csv(download("runs.csv"))
     assert set(steps["status"]) == {"reused"}
 
+    # a larger --max-seeds continues the same study: same parent, every earlier step reused, the looks recomputed at the new K
+    more = main_of({**params, "max_seeds": 5})
+    assert more["run_id"] == first["run_id"] and len(runs_of(experiment, "main")) == 1
+    assert MlflowClient().get_run(more["run_id"]).data.metrics["study/max_seeds"] == 5 and "over all 3 possible looks" in more["headline"]
+    steps = pd.read_csv(download("runs.csv"))
+    assert set(steps[steps["run_id"].isin(results["train_run"])]["status"]) == {"reused"}
+
 
 def main_of(params: dict) -> dict:
     from pipelines.main import main
