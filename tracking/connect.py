@@ -84,20 +84,18 @@ def check_environment() -> None:
 
 def check_tracking() -> None:
     """The MLflow tracking store this process logs to answers and is MLflow's (a server, a database, a SQLite file
-    or a local folder); a new SQLite store is created under a lock, so commands started together do not race to migrate it."""
+    or a local folder); a new database store is created under a lock, so commands started together do not race to migrate it."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    check_reachable(uri, "MLflow tracking store", FIX_TRACKING)
     if uri.startswith(("http://", "https://")):
-        _check_mlflow_server(uri)
-    elif uri.startswith("sqlite:"):
-        _open_sqlite_store(uri)
-    elif uri.split(":", 1)[0].split("+", 1)[0] in ("postgresql", "postgres", "mysql", "mssql"):
-        from mlflow.tracking import MlflowClient
-
-        with storage_lock(uri, "mlflow-store"), _quiet("mlflow.store.db.utils", "alembic"):  # workers started together on a new database would race to create MLflow's tables
-            MlflowClient(uri).search_experiments(max_results=1)
+        _check_mlflow_server(uri)  # one request says both whether it answers and whether it is MLflow
+        return
+    check_reachable(uri, "MLflow tracking store", FIX_TRACKING)
+    if uri.startswith("sqlite:"):
+        _check_sqlite_file(uri)
+    if uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "postgres", "mysql", "mssql"):
+        _create_store(uri)
 
 
 def _check_mlflow_server(uri: str) -> None:
@@ -124,13 +122,9 @@ def _check_mlflow_server(uri: str) -> None:
         raise InputError(f"{shown(uri)} answers, but not as an MLflow tracking server (its REST API gave no MLflow reply); point MLFLOW_TRACKING_URI at the MLflow server's address.")
 
 
-def _open_sqlite_store(uri: str) -> None:
-    """A sqlite:/// store: refuse a file that is not a SQLite database; create (migrate) a new one under a file lock."""
-    import fcntl
+def _check_sqlite_file(uri: str) -> None:
+    """A sqlite:/// store: refuse a folder, a file that is not a SQLite database, or a missing folder, before anything touches it."""
     from pathlib import Path
-
-    import mlflow
-    from mlflow.tracking import MlflowClient
 
     from imaging.errors import InputError
 
@@ -143,15 +137,22 @@ def _open_sqlite_store(uri: str) -> None:
         raise InputError(f"MLFLOW_TRACKING_URI={uri}: {path} is not a SQLite database; point it at MLflow's .db file, or at a new path to create one.")
     if not path.parent.is_dir():
         raise InputError(f"MLFLOW_TRACKING_URI={uri}: the folder {path.parent} does not exist; create it or choose another path.")
-    with open(f"{path}.lock", "a") as handle, _quiet("mlflow.store.db.utils", "alembic"):  # the first command creates and migrates the store; the others wait
-        fcntl.flock(handle, fcntl.LOCK_EX)
+
+
+def _create_store(uri: str) -> None:
+    """Open a database store once under the lock every command on it shares (storage_lock: a PostgreSQL advisory
+    lock, else a file lock on this machine): commands started together on a new store would race to create and
+    migrate MLflow's tables; the first creates them, the others wait."""
+    from mlflow.tracking import MlflowClient
+
+    from imaging.errors import InputError
+
+    with storage_lock(uri, f"mlflow-store {uri}"), _quiet("mlflow.store.db.utils", "alembic"):
         try:
-            MlflowClient(mlflow.get_tracking_uri()).search_experiments(max_results=1)
+            MlflowClient(uri).search_experiments(max_results=1)
         except Exception as error:
-            raise InputError(f"MLFLOW_TRACKING_URI={uri} could not be opened as an MLflow store ({error.__class__.__name__}: {str(error).splitlines()[0][:200]}); "
-                             "point it at MLflow's .db file, or at a new path to create one.") from None
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise InputError(f"MLFLOW_TRACKING_URI={shown(uri)} could not be opened as an MLflow store ({error.__class__.__name__}: {str(error).splitlines()[0][:200]}); "
+                             "point it at MLflow's store, or at a new path to create one.") from None
 
 
 def _quiet(*loggers: str):

@@ -150,14 +150,14 @@ def run_params(run) -> dict[str, str]:
 
 def log_params_once(run_id: str, params: dict) -> None:
     """Log parameters; where `mlflow run` already logged one with another spelling, log ours as resolved.<name>."""
-    client = MlflowClient()
-    existing = run_params(client.get_run(run_id))
+    run = MlflowClient().get_run(run_id)
+    logged, existing = run.data.params, run_params(run)
     fresh = {}
     for key, value in params.items():
         text = "" if value is None else str(value)
         if key not in existing:
             fresh[key] = text
-        elif existing[key] != text and f"resolved.{key}" not in client.get_run(run_id).data.params:
+        elif existing[key] != text and f"resolved.{key}" not in logged:
             fresh[f"resolved.{key}"] = text
     if fresh:
         mlflow.log_params(fresh, run_id=run_id)
@@ -191,13 +191,13 @@ def delete_artifacts(run_id: str, path: str) -> None:
 
 def make_pointer(pointer_id: str, target, verb: str) -> None:
     """Turn `pointer_id` (the run `mlflow run` made) into a pointer to `target`: tag, description, name."""
-    client = MlflowClient()
-    client.set_tag(pointer_id, TAG_POINTER, target.info.run_id)
-    client.set_tag(pointer_id, "mlflow.runName", f"{target.info.run_name} ({verb})")
     stage = target.data.tags.get(TAG_STAGE, "run")
     page = f"#/experiments/{target.info.experiment_id}/runs/{target.info.run_id}?{TRAINING_VIEW}"  # relative: works on any UI's address
-    client.set_tag(pointer_id, NOTE, f"This command {verb} the {stage} run [{target.info.run_name}]({page}) ({target.info.run_id}), which holds the "
-                                     f"artifacts and metrics. Any synthmix option that takes a run id accepts this run's id too.")
+    set_tags(pointer_id, {
+        TAG_POINTER: target.info.run_id, "mlflow.runName": f"{target.info.run_name} ({verb})",
+        NOTE: f"This command {verb} the {stage} run [{target.info.run_name}]({page}) ({target.info.run_id}), which holds the "
+              f"artifacts and metrics. Any synthmix option that takes a run id accepts this run's id too.",
+    })
     print(f"[synthmix] the run `mlflow run` made ({pointer_id}) points at the {stage} run {target.info.run_id}, which holds the result", flush=True)
 
 
