@@ -41,6 +41,13 @@ PARAMS = [
     option("epochs", 0, "Generator training epochs; 0 = the generator's default.", click.IntRange(0)),
     option("batch_size", 0, "Generator training batch size; 0 = the generator's default.", click.IntRange(0)),
     option("lr", 0.0, "Generator learning rate; 0 = the generator's default.", click.FloatRange(0)),
+    option("base_channels", 0, "dcgan, vae: channels of the full-resolution conv stage, doubled per halving of the side (up to 256); 0 = by image size (dcgan 32/16/8, vae 32/16/8 at 32/64/128 px).", click.IntRange(0)),
+    option("latent_dim", 0, "dcgan, vae: size of the noise vector z; 0 = the generator's default (dcgan 64; vae 16/64/128 at 32/64/128 px).", click.IntRange(0)),
+    option("block_channels", "", "ddpm: channels of each UNet level, comma-separated, one level per entry (each but the last halves the map); empty = by image size (16,32,32 at 32 px; 16,32,64,64 at 64 px; 16,32,32,64,64 at 128 px)."),
+    option("upsample", "auto", "dcgan: resize (nearest x2 then a 3x3 conv: no checkerboard) or transposed (the DCGAN paper's 4x4 stride-2 transposed conv); auto = resize.", click.Choice(["auto", "resize", "transposed"])),
+    option("diff_augment", "auto", "dcgan: DiffAugment policies applied to real and generated images before the discriminator, comma-separated from color, translation, cutout; none = off; auto = all three.", str),
+    option("spectral_norm", True, "dcgan: spectral normalisation of the discriminator's layers.", bool),
+    option("ema_decay", 0.0, "dcgan, ddpm: decay of the exponential moving average of the generator's weights that samples (per training step); 0 = the generator's default (dcgan 0.999, ddpm 0.995).", click.FloatRange(0, 1, max_open=True)),
     option("steps", 0, "Sampling steps: ddpm's few-step sampler (1000 = full DDPM) or Stable Diffusion's inference steps; 0 = default (25 for Stable Diffusion).", click.IntRange(0)),
     option("model_id", "", "Stable Diffusion: a local folder saved with save_pretrained, or a hub id already in the local cache."),
     option("prompt", DEFAULT_PROMPT, "Prompt template; {label} becomes the class name."),
@@ -131,6 +138,7 @@ def synthesize(params: dict, *, nested: bool = False, run_name: str | None = Non
     channels, size = native_format(manifest)
     image_format = "JPEG" if open_image(train_rows.local_paths()[0].read_bytes()).format == "JPEG" else "PNG"
     per_class = params["per_class"] or int(train_rows.frame["label"].value_counts().max())
+    generator_options(params)  # before any run: an option the generator does not take is an error
     generator_run = _check_generator_run(params, classes) if kind in TRAINED else None
     prompts = {} if kind in TRAINED else _check_pipeline(params, classes)
     target = Target(manifest, train_rows, manifest.split("test"), classes, channels, size, image_format, per_class, prompts, generator_run)
@@ -184,6 +192,45 @@ def _check_generator_run(params: dict, classes: list[str]) -> str | None:
     if trained_classes and trained_classes != ",".join(classes):
         raise InputError(f"generator_run {run.info.run_id} was trained on classes {trained_classes.split(',')}, but the data has {classes}; use the same data.")
     return run.info.run_id
+
+
+# stage option -> (generator kinds it applies to, the generator's hyperparameter); its "unset" value
+GENERATOR_OPTIONS = {
+    "epochs": (TRAINED, "epochs"), "batch_size": (TRAINED, "batch_size"), "lr": (TRAINED, "lr"),
+    "base_channels": (("dcgan", "vae"), "base_channels"), "latent_dim": (("dcgan", "vae"), "latent_dim"),
+    "block_channels": (("ddpm",), "block_channels"), "upsample": (("dcgan",), "upsample"),
+    "diff_augment": (("dcgan",), "augment"), "spectral_norm": (("dcgan",), "spectral_norm"), "ema_decay": (("dcgan", "ddpm"), "ema_decay"),
+}
+
+
+def generator_options(params: dict) -> dict:
+    """The generator hyperparameters the options set (the others stay the kind's defaults for the image size);
+    an option set for a kind it does not apply to is an error."""
+    from imaging.errors import InputError
+    from models.generators.augment import parse_policy
+
+    kind, chosen = params["generator"], {}
+    for name, (kinds, hyper) in GENERATOR_OPTIONS.items():
+        value, unset = params[name], DEFAULTS[name]  # the stage's defaults mean "the generator's own"
+        if value == unset and isinstance(value, bool) == isinstance(unset, bool):
+            continue
+        if kind not in kinds:
+            raise InputError(f"--{name.replace('_', '-')} applies to {', '.join(kinds)}, not {kind}; leave it out or pick one of those generators.")
+        if name == "block_channels":
+            try:
+                value = [int(part) for part in str(value).split(",")]
+            except ValueError:
+                value = []
+            if len(value) < 2 or any(v < 8 or v % 8 for v in value):
+                raise InputError(f"--block-channels {params[name]!r} must be two or more comma-separated multiples of 8, e.g. 16,32,64,64.")
+        if name == "diff_augment":
+            value = "" if value == "none" else value
+            try:
+                parse_policy(value)
+            except ValueError as error:
+                raise InputError(f"--diff-augment {params[name]!r}: {error}.") from error
+        chosen[hyper] = value
+    return chosen
 
 
 def _check_pipeline(params: dict, classes: list[str]) -> dict[str, str]:
@@ -261,7 +308,7 @@ def _train_generator(params: dict, target: Target, device, folder):
     from models.generators import train_generator
 
     images, image_labels = cached_tensors(target.train_rows, target.channels, target.size)
-    options = {k: params[k] for k in ("epochs", "batch_size", "lr") if params[k]}
+    options = generator_options(params)
     started = time.perf_counter()
     generator = train_generator(params["generator"], images, image_labels, len(target.classes), seed=params["seed"], device=device,
                                 on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), **options)

@@ -18,10 +18,10 @@ TINY = {
     "vae": dict(base_channels=8, latent_dim=4),
     "ddpm": dict(block_channels=(8, 16), steps=2),
 }
-SHAPES = {"grey28": (1, 28, 28, 10), "rgb32": (3, 32, 32, 3)}  # channels, height, width, classes
+SHAPES = {"grey28": (1, 28, 28, 10), "rgb32": (3, 32, 32, 3), "rgb128": (3, 128, 128, 3)}  # channels, height, width, classes
 
 
-def tiny_data(channels: int, height: int, width: int, classes: int, n: int = 64):
+def tiny_data(channels: int, height: int, width: int, classes: int, n: int = 32):
     generator = torch.Generator().manual_seed(0)
     labels = torch.arange(n) % classes
     # each class a different brightness, so the data has something to learn
@@ -38,7 +38,7 @@ def trained(request):
     images, labels = tiny_data(channels, height, width, classes)
     epochs_seen: list[tuple[int, dict]] = []
     model = train_generator(
-        kind, images, labels, classes, epochs=1, batch_size=32, seed=0, progress=False,
+        kind, images, labels, classes, epochs=1, batch_size=16, seed=0, progress=False,
         on_epoch=lambda epoch, metrics: epochs_seen.append((epoch, metrics)), **TINY[kind],
     )
     return kind, model, (channels, height, width, classes), epochs_seen
@@ -204,3 +204,70 @@ def test_missing_or_non_diffusers_folder_is_named(tmp_path):
         load_img2img(tmp_path / "plain")
     with pytest.raises(InputError, match="--scheduler 'fast' is not known; choose one of ddim, dpm"):
         load_text2img(tmp_path / "plain", scheduler="fast")
+
+
+# ---- growth with the image size, presets, DiffAugment ----------------------------------------
+
+
+@pytest.mark.parametrize(("side", "stages", "base"), [(28, 2, 7), (32, 3, 4), (64, 4, 4), (100, 4, 7), (128, 5, 4), (256, 6, 4)])
+def test_networks_grow_one_stage_per_doubling_of_the_side(side, stages, base):
+    from models.generators.base import stage_layout
+
+    assert stage_layout(side, side) == (stages, base, base)
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "vae"])
+def test_conv_generators_add_a_stage_per_doubling(kind):
+    from models.generators import default_hyperparameters
+    from models.generators.base import seeded_model
+
+    module = __import__(f"models.generators.{kind}", fromlist=["build"])
+    counts = {}
+    for side in (32, 64, 128):
+        images = torch.zeros((2, 3, side, side), dtype=torch.uint8)
+        model = seeded_model(type(module.build({**default_hyperparameters(kind), "num_classes": 2, "image_channels": 3, "image_height": 8, "image_width": 8})),
+                             images, 2, {**default_hyperparameters(kind, side, side), "base_channels": 8}, seed=0, device="cpu")
+        network = model.generator if kind == "dcgan" else model.decoder
+        counts[side] = sum(isinstance(m, (torch.nn.ConvTranspose2d, torch.nn.Upsample)) for m in network.modules())
+    assert counts == {32: 3, 64: 4, 128: 5}
+
+
+def test_presets_follow_the_image_size():
+    from models.generators import default_hyperparameters
+
+    assert default_hyperparameters("dcgan", 28, 28)["base_channels"] > default_hyperparameters("dcgan", 128, 128)["base_channels"]
+    assert default_hyperparameters("ddpm", 64, 64)["block_channels"] == (16, 32, 64, 64)
+    assert len(default_hyperparameters("ddpm", 128, 128)["block_channels"]) == 5
+    assert default_hyperparameters("vae") == default_hyperparameters("vae", 28, 28) | {"epochs": 30}
+
+
+def test_diff_augment_keeps_shape_and_gradient_and_changes_the_images():
+    from models.generators.augment import cutout, diff_augment, parse_policy, translation
+
+    x = (torch.rand((4, 3, 16, 16)) * 2 - 1).requires_grad_()
+    out = diff_augment(x, parse_policy("color,translation,cutout"), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    out.sum().backward()  # differentiable: the generator learns through it
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    ones = torch.ones((64, 1, 16, 16))
+    holes = (cutout(ones, torch.Generator().manual_seed(1)) == 0).flatten(1).sum(1)
+    assert holes.max() == 64 and holes.min() > 0  # an 8 x 8 square, clipped at the border
+    moved = translation(torch.arange(256.0).reshape(1, 1, 16, 16).repeat(32, 1, 1, 1), torch.Generator().manual_seed(2))
+    assert (moved == 0).flatten(1).sum(1).max() <= 16 * 16 - 14 * 14  # at most 2 rows and 2 columns shifted in
+    with pytest.raises(ValueError, match="unknown augmentation blur"):
+        parse_policy("color,blur")
+
+
+def test_artefact_measures_see_a_checkerboard_and_a_collapse():
+    from imaging.artefacts import artefact_ratios, high_frequency_share, within_class_diversity
+
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.repeat(rng.integers(0, 256, (20, 3, 4, 4)), 8, axis=2), 8, axis=3).astype(np.uint8)
+    checker = (np.indices((32, 32)).sum(0) % 2 * 60)[None, None]
+    dithered = np.clip(smooth.astype(int) + checker, 0, 255).astype(np.uint8)
+    assert high_frequency_share(dithered).min() > 3 * high_frequency_share(smooth).max()
+    labels = np.arange(20) % 2
+    collapsed = np.repeat(smooth[:2], 10, axis=0)[np.argsort(np.argsort(labels, kind="stable"))]
+    assert within_class_diversity(collapsed, labels) == 0
+    ratios = artefact_ratios(smooth, labels, dithered, labels)
+    assert ratios["hf_ratio_min"] > 2 and 0.9 < ratios["diversity_ratio"] < 1.5

@@ -42,9 +42,13 @@ def _module(kind: str):
     return importlib.import_module(f"models.generators.{kind}")
 
 
-def default_hyperparameters(kind: str) -> dict:
-    """The kind's defaults: epochs, batch_size, lr and its architecture options."""
-    return dict(_module(kind).DEFAULTS)
+def default_hyperparameters(kind: str, height: int | None = None, width: int | None = None) -> dict:
+    """The kind's defaults: epochs, batch_size, lr and its architecture options;
+    with an image size, the preset for that size (kinds that have presets)."""
+    module = _module(kind)
+    if height is not None and hasattr(module, "defaults_for"):
+        return module.defaults_for(int(height), int(width if width is not None else height))
+    return dict(module.DEFAULTS)
 
 
 def train_generator(
@@ -68,7 +72,7 @@ def train_generator(
     `options` override architecture defaults (e.g. `width`, `latent_dim`).
     """
     module = _module(kind)
-    hyper = dict(module.DEFAULTS)
+    hyper = default_hyperparameters(kind, *images_uint8.shape[-2:])
     unknown = set(options) - set(hyper)
     if unknown:
         raise ValueError(f"{kind} has no option {', '.join(sorted(unknown))}; known: {', '.join(sorted(hyper))}")
@@ -87,5 +91,8 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != "synthmix-generator/1":
         raise ValueError(f"{path} is not a synthmix generator checkpoint")
     model = _module(checkpoint["kind"]).build(checkpoint["config"])
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:  # an architecture this version no longer builds
+        raise ValueError(f"{path} holds a {checkpoint['kind']} of an older layout that this synthmix cannot rebuild; train it again (synthesize without --generator-run)") from error
     return model.to(device).eval()

@@ -50,6 +50,22 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.detach().clamp(-1, 1).add(1).mul(127.5).round().to("cpu", torch.uint8)
 
 
+def stage_layout(height: int, width: int) -> tuple[int, int, int]:
+    """(stages, base_h, base_w): a conv net grown by one stride-2 stage per doubling of the
+    longer side, from a base map of 4..7 px on that side (28 px: 2 stages from 7 x 7; 64 px:
+    4 stages from 4 x 4). The image is padded to base x 2^stages and cropped back."""
+    side = max(height, width)
+    stages = max(1, int(math.floor(math.log2(max(side, 8) / 4))))
+    return stages, math.ceil(height / 2**stages), math.ceil(width / 2**stages)
+
+
+def preset_for(defaults: dict, presets: dict[int, dict], height: int, width: int) -> dict:
+    """`defaults` updated by the preset of the smallest size key >= the image's longer side (else the largest)."""
+    side = max(height, width)
+    size = next((size for size in sorted(presets) if side <= size), max(presets))
+    return {**defaults, **presets[size]}
+
+
 def padded_size(size: int, multiple: int) -> int:
     return int(math.ceil(size / multiple) * multiple)
 
@@ -109,7 +125,9 @@ def train_loop(
     progress: bool,
     description: str,
 ) -> None:
-    """Run `step(x, y)` over shuffled batches (x float [-1, 1] on `device`) and report per-epoch means."""
+    """Run `step(x, y)` over shuffled batches (x float [-1, 1] on `device`) and report per-epoch means.
+
+    `step` returns its metrics as floats or (detached) tensors; tensors are summed on the device."""
     from tqdm.auto import tqdm
 
     images = images_uint8.to(device)
@@ -118,16 +136,16 @@ def train_loop(
     steps_per_epoch = max(1, len(images) // min(batch_size, len(images)))
     with tqdm(total=epochs * steps_per_epoch, desc=description, unit="step", disable=not progress, leave=False) as bar:
         for epoch in range(epochs):
-            sums: dict[str, float] = {}
+            sums: dict = {}
             count = 0
             for index in batches(len(images), batch_size, order_generator):
                 index = index.to(device)
                 metrics = step(to_unit_range(images[index]), labels[index])
-                for name, value in metrics.items():
-                    sums[name] = sums.get(name, 0.0) + float(value)
+                for name, value in metrics.items():  # tensors stay on the device: one host sync per epoch
+                    sums[name] = sums.get(name, 0.0) + (value.detach().float() if torch.is_tensor(value) else float(value))
                 count += 1
                 bar.update()
-            means = {name: total / count for name, total in sums.items()}
+            means = {name: float(total) / count for name, total in sums.items()}
             bar.set_postfix({name.split("/")[-1]: f"{value:.3g}" for name, value in means.items()})
             if on_epoch is not None:
                 on_epoch(epoch, means)

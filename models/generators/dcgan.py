@@ -1,52 +1,92 @@
-"""Class-conditional DCGAN.
+"""Class-conditional DCGAN (Radford et al. 2016), grown with the image.
 
-G: [z, embed(label)] -> linear -> transposed convs -> tanh, cropped to H x W.
-D: [image, one-hot label maps] -> strided convs (dropout 0.3) -> a minibatch
-standard-deviation feature -> linear score. Non-saturating BCE loss,
+G: [z, embed(label)] -> linear -> a 4..7 px map -> one up-sampling stage per
+doubling of the side (`base.stage_layout`) (BatchNorm, ReLU) -> tanh, cropped to H x W. Channels
+halve per stage from `base_channels` x 2^(stages-1), capped at `max_channels`.
+D mirrors it: [image, one-hot label maps] -> one stride-2 conv per halving
+(LeakyReLU 0.2; spectral norm instead of BatchNorm) -> a minibatch standard
+deviation feature (Karras et al. 2018) -> linear score. Non-saturating loss,
 Adam(0.5, 0.999), one D step per G step.
 
-Why this D: a spectrally normalised projection discriminator with hinge loss
-collapsed each class to one image within the CPU budget (CAS 0.26 on
-mnist5k); the one-hot D without the minibatch-std feature reached 0.48; this
-one 0.76 (benchmarks/synthesis.py).
+For the small folders users have (a few hundred images per class):
+- DiffAugment (Zhao et al. 2020, `augment`): real and generated images are
+  augmented the same differentiable way before D, so D cannot memorise the
+  real set (`models.generators.augment`);
+- spectral normalisation of D's convs (Miyato et al. 2018, `spectral_norm`):
+  bounds D's slope, which keeps its gradients useful to G;
+- an exponential moving average of G's weights (`ema_decay`) is what samples:
+  it averages out the last steps' oscillation.
 
-Any image size: G works at H, W padded to a multiple of 4 and crops; real
-and fake images are padded back the same way before D.
+Up-sampling: `resize` (nearest x2 then a 3 x 3 conv, Odena et al. 2016) by
+default; `transposed` (the paper's 4 x 4 stride-2 transposed conv) leaves
+a checkerboard / colour dither in the top frequencies (imaging/artefacts.py
+measures it; benchmarks/synthesis.py prints it).
+
+Defaults are picked by image size (`PRESETS`, by the longer side); measured
+by `benchmarks/synthesis.py`.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, seeded_model, train_loop
+from models.generators.augment import diff_augment, parse_policy
+from models.generators.base import TrainedGenerator, crop_to, pad_to, per_image_noise, preset_for, seeded_model, stage_layout, train_loop
 
 DEFAULTS = dict(
-    epochs=30,  # passes over the train split; ~2 min for 4,000 28x28 images on 2 CPU cores
+    epochs=30,  # passes over the train split
     batch_size=64,
-    lr=4e-4,  # Adam, both networks; 2e-4 (the DCGAN paper's) needs more epochs than we can afford on a CPU
-    base_channels=32,  # G's last hidden conv / D's first conv channels; the other layer has 2x
+    lr=2e-4,  # Adam, both networks (the DCGAN paper's)
+    base_channels=32,  # channels of G's last hidden stage and D's first conv; doubled per stage
+    max_channels=256,  # cap on any stage's channels
     latent_dim=64,  # z
     embed_dim=32,  # label embedding concatenated to z
+    upsample="resize",  # resize (nearest x2 + 3x3 conv) or transposed (4x4 stride-2 transposed conv)
+    spectral_norm=True,  # spectral normalisation of D's convs and score
+    augment="color,translation,cutout",  # DiffAugment policies applied before D; empty: none
+    ema_decay=0.999,  # G weight average that samples; 0: the last weights
 )
+# by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
+PRESETS = {
+    32: dict(epochs=30, batch_size=64, base_channels=32),
+    64: dict(epochs=60, batch_size=32, base_channels=16),
+    128: dict(epochs=60, batch_size=32, base_channels=8),
+}
+
+
+def defaults_for(height: int, width: int) -> dict:
+    return preset_for(DEFAULTS, PRESETS, height, width)
+
+
+def _up(in_channels: int, out_channels: int, mode: str) -> list[nn.Module]:
+    if mode == "transposed":
+        return [nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1)]
+    if mode == "resize":
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, 1, 1)]
+    raise ValueError(f"unknown upsample {mode!r}; choose resize or transposed")
 
 
 class Discriminator(nn.Module):
-    def __init__(self, channels: int, num_classes: int, width: int, flat: int):
+    def __init__(self, channels: int, num_classes: int, widths: list[int], base_pixels: int, normalise: bool):
         super().__init__()
         self.num_classes = num_classes
-        self.features = nn.Sequential(
-            nn.Conv2d(channels + num_classes, width, 4, 2, 1), nn.LeakyReLU(0.2), nn.Dropout(0.3),
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2), nn.Dropout(0.3),
-        )
-        self.score = nn.Linear(flat + flat // (2 * width), 1)
+        wrap = nn.utils.spectral_norm if normalise else (lambda module: module)
+        layers, previous = [], channels + num_classes
+        for width in widths:
+            layers += [wrap(nn.Conv2d(previous, width, 4, 2, 1)), nn.LeakyReLU(0.2)]
+            previous = width
+        self.features = nn.Sequential(*layers)
+        self.score = wrap(nn.Linear((previous + 1) * base_pixels, 1))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        maps = F.one_hot(labels, self.num_classes).float()[:, :, None, None].expand(-1, -1, *x.shape[-2:])
+        maps = F.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
         h = self.features(torch.cat([x, maps], 1))
-        # minibatch standard deviation (Karras et al. 2018): lets D see a batch that lacks variety
+        # minibatch standard deviation: lets D see a batch that lacks variety
         spread = h.std(dim=0, keepdim=True).mean(dim=1, keepdim=True).expand(len(h), 1, *h.shape[-2:])
-        return self.score(torch.cat([h.flatten(1), spread.flatten(1)], 1)).squeeze(1)
+        return self.score(torch.cat([h, spread], 1).flatten(1)).squeeze(1)
 
 
 class DCGAN(TrainedGenerator):
@@ -54,17 +94,19 @@ class DCGAN(TrainedGenerator):
 
     def __init__(self, config: dict):
         super().__init__(config)
-        width, latent = config["base_channels"], config["latent_dim"]
-        self.pad_h, self.pad_w = padded_size(self.height, 4), padded_size(self.width, 4)
-        self.base_h, self.base_w = self.pad_h // 4, self.pad_w // 4
-        flat = 2 * width * self.base_h * self.base_w
+        stages, self.base_h, self.base_w = stage_layout(self.height, self.width)
+        self.pad_h, self.pad_w = self.base_h * 2**stages, self.base_w * 2**stages
+        widths = [min(config["max_channels"], config["base_channels"] * 2**i) for i in range(stages)]  # D's, shallow to deep
+        top = widths[-1]
         self.label_embed = nn.Embedding(self.num_classes, config["embed_dim"])
-        self.project = nn.Sequential(nn.Linear(latent + config["embed_dim"], flat), nn.BatchNorm1d(flat), nn.ReLU())
-        self.generator = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.ConvTranspose2d(width, self.channels, 4, 2, 1), nn.Tanh(),
-        )
-        self.discriminator = Discriminator(self.channels, self.num_classes, width, flat)
+        self.project = nn.Sequential(nn.Linear(config["latent_dim"] + config["embed_dim"], top * self.base_h * self.base_w), nn.BatchNorm1d(top * self.base_h * self.base_w), nn.ReLU())
+        layers, previous = [], top
+        for width in reversed(widths[:-1]):
+            layers += [*_up(previous, width, config["upsample"]), nn.BatchNorm2d(width), nn.ReLU()]
+            previous = width
+        layers += [*_up(previous, self.channels, config["upsample"]), nn.Tanh()]
+        self.generator = nn.Sequential(*layers)
+        self.discriminator = Discriminator(self.channels, self.num_classes, widths, self.base_h * self.base_w, bool(config["spectral_norm"]))
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         h = self.project(torch.cat([z, self.label_embed(labels)], dim=1)).view(len(z), -1, self.base_h, self.base_w)
@@ -73,38 +115,60 @@ class DCGAN(TrainedGenerator):
     def discriminate(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.discriminator(pad_to(images, self.pad_h, self.pad_w), labels)
 
-    def generator_parameters(self):
-        return [p for name, p in self.named_parameters() if not name.startswith("discriminator.")]
+    def generator_modules(self) -> list[nn.Module]:
+        return [self.label_embed, self.project, self.generator]
 
     def sample_batch(self, labels, generators, steps=None):
         return self.generate(per_image_noise(generators, (self.config["latent_dim"],), self.device), labels)
 
 
 def build(config: dict) -> DCGAN:
-    return DCGAN(config)
+    return DCGAN({**DEFAULTS, **config})
+
+
+def _average_into(average: list[nn.Module], current: list[nn.Module], decay: float) -> None:
+    with torch.no_grad():
+        for target, source in zip(average, current, strict=True):
+            for averaged, value in zip(target.parameters(), source.parameters(), strict=True):
+                averaged.lerp_(value, 1 - decay)
+            for averaged, value in zip(target.buffers(), source.buffers(), strict=True):
+                averaged.copy_(value)  # BatchNorm statistics: the current ones
 
 
 def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, progress) -> DCGAN:
+    policy = parse_policy(hyper["augment"])
     model = seeded_model(DCGAN, images_uint8, num_classes, hyper, seed=seed, device=device)
     betas = (0.5, 0.999)
-    optimizer_g = torch.optim.Adam(model.generator_parameters(), lr=hyper["lr"], betas=betas)
+    optimizer_g = torch.optim.Adam([p for m in model.generator_modules() for p in m.parameters()], lr=hyper["lr"], betas=betas)
     optimizer_d = torch.optim.Adam(model.discriminator.parameters(), lr=hyper["lr"], betas=betas)
+    average = copy.deepcopy(model.generator_modules()) if hyper["ema_decay"] > 0 else None
     noise = torch.Generator(device).manual_seed(seed + 1)
+    steps_done = 0
+
+    def augmented(x):
+        return diff_augment(x, policy, noise) if policy else x
 
     def step(real, y):
+        nonlocal steps_done
         z = torch.randn((len(real), hyper["latent_dim"]), generator=noise, device=device)
         fake = model.generate(z, y)
         # non-saturating GAN loss: softplus(-s) = -log sigmoid(s) on real, softplus(s) on fake
-        loss_d = F.softplus(-model.discriminate(real, y)).mean() + F.softplus(model.discriminate(fake.detach(), y)).mean()
+        loss_d = F.softplus(-model.discriminate(augmented(real), y)).mean() + F.softplus(model.discriminate(augmented(fake.detach()), y)).mean()
         optimizer_d.zero_grad(set_to_none=True)
         loss_d.backward()
         optimizer_d.step()
-        loss_g = F.softplus(-model.discriminate(fake, y)).mean()
+        loss_g = F.softplus(-model.discriminate(augmented(fake), y)).mean()
         optimizer_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optimizer_g.step()
-        return {"gen/loss_d": loss_d.item(), "gen/loss_g": loss_g.item()}
+        steps_done += 1
+        if average is not None:  # warm-up: early on the average follows G closely
+            _average_into(average, model.generator_modules(), min(hyper["ema_decay"], (1 + steps_done) / (10 + steps_done)))
+        return {"gen/loss_d": loss_d.detach(), "gen/loss_g": loss_g.detach()}
 
     model.train()
     train_loop(step, images_uint8, labels, epochs=hyper["epochs"], batch_size=hyper["batch_size"], seed=seed, device=device, on_epoch=on_epoch, progress=progress, description="train dcgan")
+    if average is not None:
+        for target, source in zip(model.generator_modules(), average, strict=True):
+            target.load_state_dict(source.state_dict())
     return model.eval()

@@ -11,7 +11,9 @@ steps), `"ddim"` (DDIMScheduler, eta 0) or `"ddpm"` (ancestral DDPM; steps=1000
 is the sampler the model was trained for). Image i draws its starting noise
 and, for ancestral DDPM, every step's noise from its own generator.
 
-Any image size: images are padded to a multiple of 2^(levels-1) and cropped.
+Grown with the image: `block_channels` has one UNet level per entry, each but
+the last halving the map; the presets add a level per doubling of the side.
+Images are padded to a multiple of 2^(levels-1) and cropped.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, seeded_model, train_loop
+from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, preset_for, seeded_model, train_loop
 
 DEFAULTS = dict(
     epochs=16,  # passes over the train split (1,000 steps); ~3 min for 4,000 28x28 images on 2 CPU cores
@@ -36,6 +38,17 @@ DEFAULTS = dict(
     steps=20,  # default sampling steps
     ema_decay=0.995,  # weights averaged over the last ~1/(1-decay) steps are the ones sampled
 )
+# by the image's longer side: one more down block (a halving) per doubling, so the
+# deepest map stays 7..8 px; CPU budgets on 2 cores
+PRESETS = {
+    32: dict(block_channels=(16, 32, 32)),
+    64: dict(block_channels=(16, 32, 64, 64), epochs=40, batch_size=32),
+    128: dict(block_channels=(16, 32, 32, 64, 64), epochs=40, batch_size=32),
+}
+
+
+def defaults_for(height: int, width: int) -> dict:
+    return preset_for(DEFAULTS, PRESETS, height, width)
 
 SCHEDULERS = ("dpm", "ddim", "ddpm")
 
@@ -142,7 +155,7 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
         with torch.no_grad():
             for averaged, current in zip(average.unet.parameters(), model.unet.parameters(), strict=True):
                 averaged.lerp_(current, 1 - decay)
-        return {"gen/loss": loss.item()}
+        return {"gen/loss": loss.detach()}
 
     model.train()
     train_loop(step, images_uint8, labels, epochs=hyper["epochs"], batch_size=hyper["batch_size"], seed=seed, device=device, on_epoch=on_epoch, progress=progress, description="train ddpm")

@@ -3,7 +3,10 @@ label as one-hot maps into the encoder and as a one-hot vector into the
 decoder. Pixels are modelled as Bernoulli intensities (BCE on [0, 1]); a
 sample is the decoder's mean image for z ~ N(0, temperature^2 I).
 
-Any image size: the input is padded to a multiple of 4 and the output cropped.
+Grown with the image: one stride-2 conv stage per doubling of the side, from a
+4..7 px map (`base.stage_layout`: 2 stages at 28 px, 4 at 64, 5 at 128); the
+input is padded to that grid and the output cropped. Defaults by image size
+in `PRESETS`.
 """
 from __future__ import annotations
 
@@ -11,17 +14,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, seeded_model, train_loop
+from models.generators.base import TrainedGenerator, crop_to, pad_to, per_image_noise, preset_for, seeded_model, stage_layout, train_loop
 
 DEFAULTS = dict(
     epochs=30,  # passes over the train split; ~40 s for 4,000 28x28 images on 2 CPU cores
     batch_size=64,
     lr=2e-3,  # Adam
-    base_channels=32,  # channels of the first conv; the second has 2x
+    base_channels=32,  # channels of the encoder's first conv, doubled per stage (one per doubling of the side)
+    max_channels=256,  # cap on any stage's channels
     latent_dim=16,
     kl_weight=1.0,  # beta: 1 is the plain ELBO
     temperature=1.0,  # std of z when sampling; < 1 trades diversity for cleaner images
 )
+# by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
+PRESETS = {
+    32: dict(epochs=30, batch_size=64, base_channels=32, latent_dim=16),
+    64: dict(epochs=60, batch_size=32, base_channels=16, latent_dim=64),
+    128: dict(epochs=60, batch_size=32, base_channels=8, latent_dim=128),
+}
+
+
+def defaults_for(height: int, width: int) -> dict:
+    return preset_for(DEFAULTS, PRESETS, height, width)
 
 
 class VAE(TrainedGenerator):
@@ -29,21 +43,23 @@ class VAE(TrainedGenerator):
 
     def __init__(self, config: dict):
         super().__init__(config)
-        width, latent, k = config["base_channels"], config["latent_dim"], self.num_classes
-        self.pad_h, self.pad_w = padded_size(self.height, 4), padded_size(self.width, 4)
-        self.base_h, self.base_w = self.pad_h // 4, self.pad_w // 4
-        flat = 2 * width * self.base_h * self.base_w
-        self.encoder = nn.Sequential(
-            nn.Conv2d(self.channels + k, width, 4, 2, 1), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
-            nn.Flatten(),
-        )
+        latent, k = config["latent_dim"], self.num_classes
+        stages, self.base_h, self.base_w = stage_layout(self.height, self.width)
+        self.pad_h, self.pad_w = self.base_h * 2**stages, self.base_w * 2**stages
+        widths = [min(config["max_channels"], config["base_channels"] * 2**i) for i in range(stages)]
+        flat = widths[-1] * self.base_h * self.base_w
+        encoder, previous = [], self.channels + k
+        for index, width in enumerate(widths):  # the first conv has no BatchNorm, as in DCGAN's D
+            encoder += [nn.Conv2d(previous, width, 4, 2, 1), *([nn.BatchNorm2d(width)] if index else []), nn.LeakyReLU(0.2)]
+            previous = width
+        self.encoder = nn.Sequential(*encoder, nn.Flatten())
         self.to_posterior = nn.Linear(flat + k, 2 * latent)
         self.from_latent = nn.Sequential(nn.Linear(latent + k, flat), nn.ReLU())
-        self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
-            nn.ConvTranspose2d(width, self.channels, 4, 2, 1),
-        )
+        decoder = []
+        for width in reversed(widths[:-1]):
+            decoder += [nn.ConvTranspose2d(previous, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU()]
+            previous = width
+        self.decoder = nn.Sequential(*decoder, nn.ConvTranspose2d(previous, self.channels, 4, 2, 1))
 
     def _one_hot(self, labels: torch.Tensor) -> torch.Tensor:
         return F.one_hot(labels, self.num_classes).float()
@@ -68,7 +84,7 @@ class VAE(TrainedGenerator):
 
 
 def build(config: dict) -> VAE:
-    return VAE(config)
+    return VAE({**DEFAULTS, **config})
 
 
 def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, progress) -> VAE:
@@ -90,7 +106,8 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return {"gen/loss": loss.item(), "gen/recon": recon.item(), "gen/kl": kl.item(), "gen/recon_per_pixel": recon.item() / pixels}
+        recon = recon.detach()
+        return {"gen/loss": loss.detach(), "gen/recon": recon, "gen/kl": kl.detach(), "gen/recon_per_pixel": recon / pixels}
 
     model.train()
     train_loop(step, images_uint8, labels, epochs=hyper["epochs"], batch_size=hyper["batch_size"], seed=seed, device=device, on_epoch=on_epoch, progress=progress, description="train vae")
