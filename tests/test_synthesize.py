@@ -108,6 +108,7 @@ def test_trained_generator_logs_curves_checkpoint_quality_and_samples_again_from
     curves = [key for key in run.data.metrics if key.startswith("gen/")]
     assert curves and all([m.step for m in MlflowClient().get_metric_history(run_id, key)] == [0] for key in curves)
     assert 0 <= run.data.metrics["synth/cas"] <= 1 and 0 <= run.data.metrics["synth/detectability"] <= 1 and run.data.metrics["synth/fid"] >= 0
+    assert 1 - 1e-9 <= run.data.metrics["synth/is"] <= 3 + 1e-9 and run.data.metrics["synth/is_std"] >= 0  # over the 3 classes
     assert {a.path for a in MlflowClient().list_artifacts(run_id, "generator")} >= {"generator/generator.pt"}
     frame = result.manifest.frame
     assert frame.groupby("label").size().to_dict() == {"ant": 5, "bee": 5, "cat": 5}
