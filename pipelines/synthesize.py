@@ -412,7 +412,8 @@ def _log_samples(kind: str, classes: list[str], arrays: list, labels) -> None:
     for label_index, label in enumerate(classes):
         mlflow.log_image(montage(stacked[np.flatnonzero(index == label_index)[:32]], columns=8), f"samples/{label}.png")
     first = [stacked[np.flatnonzero(index == i)[:SAMPLES_PER_ROW]] for i in range(len(classes))]
-    log_figure(class_rows_figure(first, classes, f"{kind}: the first {SAMPLES_PER_ROW} synthetic images of each class"), "samples/all_classes.png")
+    shown = max(len(row) for row in first)
+    log_figure(class_rows_figure(first, classes, f"{kind}: the first {shown} synthetic images of each class"), "samples/all_classes.png")
 
 
 def _quality(params: dict, target: Target, arrays: list, labels, device, backbone) -> dict:
