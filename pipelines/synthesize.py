@@ -17,10 +17,17 @@ are JPEG) at the real images' size and colour mode, with `dataset/manifest.csv`
 recording each image's label, seed, prompt or source image and generator, a
 sample grid per class under `samples/` (and all classes in `samples/all_classes.png`), perf/imgs_per_s for sampling, and
 quality scores: synth/cas (classifier trained on synthetic only, accuracy on
-the real test split), synth/fid (Fréchet distance in the features of a
-classifier trained on the real train split, not Inception) and
-synth/detectability (held-out accuracy of a real-vs-synthetic classifier;
-0.5 = indistinguishable).
+the real test split), synth/fid (Fréchet distance between real test and
+synthetic features), synth/is and synth/is_std (Inception Score, mean and
+standard deviation over 10 splits) and synth/detectability (held-out accuracy
+of a real-vs-synthetic classifier; 0.5 = indistinguishable).
+
+FID and IS come from `--quality-backbone`: `classifier` (default) is a small
+CNN trained on the real train split, so FID is in its features and IS is over
+the dataset's own classes (1 to the class count); `inception` is torchvision's
+Inception-v3 with its ImageNet weights, read from the torch hub cache only
+(2048-d pool features, 1000 ImageNet classes). Neither is the published
+metric: never compare these numbers with published Inception-v3 FID or IS.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from pipelines._cli import DEVICE, data_params, defaults, option, optional, stag
 
 GENERATORS = ("dcgan", "vae", "ddpm", "stable-diffusion", "img2img")
 TRAINED = ("dcgan", "vae", "ddpm")  # trained here on the real train split; the others are pretrained pipelines
+QUALITY_BACKBONES = ("classifier", "inception")  # what FID and IS are read from
 DEFAULT_PROMPT = "A photorealistic, highly detailed 8K photograph of a {label} in various settings and poses, natural lighting, sharp focus"
 PARAMS = [
     *data_params(help_suffix=" Generators are trained on (and img2img starts from) its train split only."),
@@ -57,7 +65,11 @@ PARAMS = [
     option("scheduler", "", "Stable Diffusion sampler: ddim, dpm, euler, euler-ancestral, pndm, unipc; empty keeps the pipeline's own."),
     option("strength", 0.6, "img2img: how far from the source image to go (1 ignores it).", click.FloatRange(0, 1, min_open=True)),
     option("sd_batch_size", 4, "Images per Stable Diffusion call.", click.IntRange(1)),
-    option("quality", True, "true: score the images (synth/cas, synth/fid, synth/detectability).", bool),
+    option("quality", True, "true: score the images (synth/cas, synth/fid, synth/is, synth/detectability).", bool),
+    option("quality_backbone", "classifier", "Network FID and IS are read from. classifier: a small CNN trained on the real train split "
+           "(FID in its features, IS over the dataset's classes, 1 to the class count); inception: torchvision's Inception-v3 ImageNet weights, "
+           "which must already be in $TORCH_HOME/hub/checkpoints (2048-d pool features at 299 px, IS over 1000 ImageNet classes). "
+           "Not comparable with published Inception-v3 FID or IS.", click.Choice(QUALITY_BACKBONES)),
     option("quality_epochs", 5, "Epochs of the small classifiers behind the quality scores.", click.IntRange(1)),
     option("seed", 0, "Seed of generator training and sampling; image i uses a seed derived from (seed, i), recorded in the manifest.", int),
     DEVICE,
@@ -132,6 +144,12 @@ def synthesize(params: dict, *, nested: bool = False, run_name: str | None = Non
         raise InputError(f"--generator {kind!r} is not known; choose one of {', '.join(GENERATORS)}.")
     if params["per_class"] < 0 or params["epochs"] < 0 or params["steps"] < 0:
         raise InputError("--per-class, --epochs and --steps count things and must be 0 (the default) or more.")
+    if params["quality_backbone"] not in QUALITY_BACKBONES:
+        raise InputError(f"--quality-backbone {params['quality_backbone']!r} is not known; choose {' or '.join(QUALITY_BACKBONES)}.")
+    if params["quality"] and params["quality_backbone"] == "inception":
+        from models.quality import check_inception_weights
+
+        check_inception_weights()  # only a path check: the weights load after the cache lookup, before the run
     manifest, _ = load_manifest({**params, "dataset_run": ""})
     train_rows = real_only(manifest.split("train"))
     classes = list(manifest.classes)
@@ -145,7 +163,7 @@ def synthesize(params: dict, *, nested: bool = False, run_name: str | None = Non
     logged = {**params, "generator_run": generator_run or "", "per_class": per_class, "classes": ",".join(classes)}
     key = cache_key("synthesize", logged, NOT_HASHED, train_digest=train_rows.digest, test_digest=target.test_rows.digest)
     return get_or_run(
-        "synthesize", key, load=lambda: _load_generator(params, target), work=lambda run, source: _synthesize(run, params, target, source),
+        "synthesize", key, load=lambda: _load_sources(params, target), work=lambda run, source: _synthesize(run, params, target, source),
         run_name=run_name or f"synthesize-{kind}-{manifest.name}-s{params['seed']}", params=logged,
         tags={"synthmix.generator": kind, **(tags or {})}, nested=nested, reuse=reuse,
     )
@@ -241,6 +259,17 @@ def _check_pipeline(params: dict, classes: list[str]) -> dict[str, str]:
     return class_prompts(params, classes)
 
 
+def _load_sources(params: dict, target: Target):
+    """(generator, pipeline, device, backbone): _load_generator's three and the Inception backbone or None (the
+    classifier backbone is trained inside the run)."""
+    generator, pipe, device = _load_generator(params, target)
+    if params["quality"] and params["quality_backbone"] == "inception":
+        from models.quality import inception_backbone
+
+        return generator, pipe, device, inception_backbone(device)
+    return generator, pipe, device, None
+
+
 def _load_generator(params: dict, target: Target):
     """(generator or None to train one, Stable Diffusion pipeline or None), loaded before any run exists."""
     import mlflow
@@ -277,7 +306,7 @@ def _synthesize(run, params: dict, target: Target, source):
     from imaging.manifest import Manifest
     from tracking.lineage import log_dataset
 
-    generator, pipe, device = source
+    generator, pipe, device, backbone = source
     log_dataset(target.train_rows, {"generator_train": target.train_rows}, artifact=False)
     labels = torch.arange(len(target.classes)).repeat_interleave(target.per_class)
     with tempfile.TemporaryDirectory() as folder:
@@ -291,7 +320,7 @@ def _synthesize(run, params: dict, target: Target, source):
     synthetic = Manifest(pd.DataFrame(rows), target.manifest.root, f"{target.manifest.name}-{params['generator']}", target.classes)
     log_dataset(synthetic, {"synthetic": synthetic})
     _log_samples(params["generator"], target.classes, arrays, labels)
-    metrics = {"synth/images": len(rows), **(_quality(params, target, arrays, labels, device) if params["quality"] else {})}
+    metrics = {"synth/images": len(rows), **(_quality(params, target, arrays, labels, device, backbone) if params["quality"] else {})}
     mlflow.log_metrics(metrics)
     summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "synth/images")
     print(f"[synthmix] wrote {len(rows)} synthetic images ({target.per_class} per class)  {summary}", flush=True)
@@ -430,27 +459,34 @@ def _log_samples(kind: str, classes: list[str], arrays: list, labels) -> None:
     for label_index, label in enumerate(classes):
         mlflow.log_image(montage(stacked[np.flatnonzero(index == label_index)[:32]], columns=8), f"samples/{label}.png")
     first = [stacked[np.flatnonzero(index == i)[:SAMPLES_PER_ROW]] for i in range(len(classes))]
-    log_figure(class_rows_figure(first, classes, f"{kind}: the first {SAMPLES_PER_ROW} synthetic images of each class"), "samples/all_classes.png")
+    shown = max(len(row) for row in first)
+    log_figure(class_rows_figure(first, classes, f"{kind}: the first {shown} synthetic images of each class"), "samples/all_classes.png")
 
 
-def _quality(params: dict, target: Target, arrays: list, labels, device) -> dict:
-    """synth/cas, synth/fid (in a real-data classifier's features) and synth/detectability."""
+def _quality(params: dict, target: Target, arrays: list, labels, device, backbone) -> dict:
+    """synth/cas, synth/fid and synth/is (in `backbone`, or else the reference classifier), synth/detectability."""
     import numpy as np
     import torch
 
     from imaging.batches import cached_tensors
     from imaging.manifest import Manifest
-    from models.quality import classification_accuracy_score, detectability, features, fit_classifier, frechet_distance
+    from models.quality import classification_accuracy_score, classifier_backbone, detectability, embed, fit_classifier, frechet_distance, inception_score
 
     synthetic = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     test_rows = Manifest(target.test_rows.frame, target.test_rows.root, target.test_rows.name, target.classes)
     test_images, test_labels = cached_tensors(test_rows, target.channels, target.size)
     real_images, real_labels = cached_tensors(target.train_rows, target.channels, target.size)
     epochs, seed, classes = params["quality_epochs"], params["seed"], len(target.classes)
-    reference = fit_classifier(real_images, real_labels, classes, epochs=epochs, seed=seed, device=device, desc="reference")
+    if backbone is None:  # --quality-backbone classifier: the reference is trained on the real train split, as CAS's test is real
+        backbone = classifier_backbone(fit_classifier(real_images, real_labels, classes, epochs=epochs, seed=seed, device=device, desc="reference"), target.channels)
+    real_features, _ = embed(backbone, test_images, device, desc="FID real")
+    synthetic_features, probabilities = embed(backbone, synthetic, device, desc="FID, IS synthetic")
+    score, spread = inception_score(probabilities)
     return {
         "synth/cas": classification_accuracy_score(synthetic, labels, test_images, test_labels, classes, epochs=epochs, seed=seed, device=device),
-        "synth/fid": frechet_distance(features(reference, test_images, device), features(reference, synthetic, device)),
+        "synth/fid": frechet_distance(real_features, synthetic_features),
+        "synth/is": score,
+        "synth/is_std": spread,
         "synth/detectability": detectability(real_images, synthetic, epochs=max(1, epochs // 2), seed=seed, device=device),
     }
 

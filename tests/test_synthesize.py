@@ -108,6 +108,7 @@ def test_trained_generator_logs_curves_checkpoint_quality_and_samples_again_from
     curves = [key for key in run.data.metrics if key.startswith("gen/")]
     assert curves and all([m.step for m in MlflowClient().get_metric_history(run_id, key)] == [0] for key in curves)
     assert 0 <= run.data.metrics["synth/cas"] <= 1 and 0 <= run.data.metrics["synth/detectability"] <= 1 and run.data.metrics["synth/fid"] >= 0
+    assert 1 - 1e-9 <= run.data.metrics["synth/is"] <= 3 + 1e-9 and run.data.metrics["synth/is_std"] >= 0  # over the 3 classes
     assert {a.path for a in MlflowClient().list_artifacts(run_id, "generator")} >= {"generator/generator.pt"}
     frame = result.manifest.frame
     assert frame.groupby("label").size().to_dict() == {"ant": 5, "bee": 5, "cat": 5}
@@ -154,3 +155,33 @@ def test_a_finished_synthesis_is_reused_without_loading_any_generator_or_pipelin
     with pytest.raises(AssertionError, match="must not load"):  # a miss (another seed) does load it
         synthesize({**sd, "seed": 1}, reuse=True)
     assert len(runs_of(experiment, "synthesize")) == 2  # and leaves no run behind
+
+
+def test_the_sample_grid_shows_class_rows_pixel_for_pixel_with_whole_class_names_and_no_seeds():
+    import matplotlib.pyplot as plt
+
+    from tracking.figures import class_rows_figure
+
+    red = np.zeros((12, 28, 28, 3), np.uint8)
+    red[..., 0] = 255
+    grey = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), dtype=np.uint8)  # mnist5k's 28 px, one channel
+    classes = ["a_rather_long_class_name_that_once_was_cut_off", "7"]
+    for rows in ([red, red[:5]], [grey, grey[:3]]):
+        fig = class_rows_figure(rows, classes, "vae: the first 12 synthetic images of each class")
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+        renderer = fig.canvas.get_renderer()
+        width, height = fig.canvas.get_width_height()
+        assert {text.get_text() for text in fig.texts} == {"vae: the first 12 synthetic images of each class", *classes}  # no seeds
+        for text in fig.texts:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height, text.get_text()
+        plt.close(fig)
+        picture = np.asarray(Image.open(buffer).convert("RGB"))
+        if rows[0] is red:  # colour kept, each 28 px image enlarged to exactly 56 x 56 pure red pixels (no resampling)
+            assert ((picture == [255, 0, 0]).all(axis=2)).sum() == 17 * 56 * 56
+        else:  # grey rendered grey, and pixel for pixel: a 2 x 2 block per image pixel
+            block = grey[0, :, :, 0].repeat(2, 0).repeat(2, 1)
+            found = np.lib.stride_tricks.sliding_window_view(picture[:, :, 0], block.shape)
+            assert (found == block).all(axis=(2, 3)).any()
+            assert (picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all()

@@ -83,23 +83,53 @@ def montage(images: np.ndarray, columns: int = 8, tile: int = 64, gap: int = 2) 
     return canvas[:, :, 0] if channels == 1 else canvas
 
 
-def class_rows_figure(rows: list[np.ndarray], classes: list[str], title: str):
-    """One montage row per class (uint8 NHWC each), the class name on the left."""
-    pictures = [montage(images, columns=len(images)) for images in rows]
-    width, tallest = max(picture.shape[1] for picture in pictures), max(picture.shape[0] for picture in pictures)
-    row_inches, label_inches = 0.9, 0.9
-    fig_width = min(16.0, row_inches * width / tallest + label_inches + 0.1)
-    fig, axes = plt.subplots(len(pictures), 1, figsize=(fig_width, row_inches * len(pictures) + 0.6), squeeze=False)
-    for ax, picture, name in zip(axes[:, 0], pictures, classes):
-        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest", extent=(0, picture.shape[1], picture.shape[0], 0))
-        ax.set_xlim(0, width)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        for side in ax.spines.values():
-            side.set_visible(False)
-        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=10)
-    fig.suptitle(title, x=0.01, ha="left", fontsize=11)
-    fig.subplots_adjust(left=label_inches / fig_width, right=0.99, top=1 - 0.45 / (row_inches * len(pictures) + 0.6), bottom=0.02, hspace=0.15)
+PREVIEW_SIDE = 96  # px: class_rows_figure shrinks larger images to this side, so 12 Stable Diffusion images fit a screen
+
+
+def _preview(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC images no larger than PREVIEW_SIDE (Lanczos); smaller ones unchanged (montage enlarges them by whole pixels)."""
+    from PIL import Image
+
+    count, height, width, channels = images.shape
+    if max(height, width) <= PREVIEW_SIDE:
+        return images
+    scale = PREVIEW_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = [np.asarray(Image.fromarray(image[:, :, 0] if channels == 1 else image).resize(size, Image.Resampling.LANCZOS)) for image in images]
+    return np.stack(small).reshape(count, size[1], size[0], channels)
+
+
+def class_rows_figure(rows: list[np.ndarray], classes: list[str], title: str, dpi: int = 100):
+    """One montage row per class (uint8 NHWC each, grey or colour), the class name on the left.
+
+    Laid out in pixels: one montage pixel is one pixel of the PNG saved at `dpi`, so small images are
+    enlarged by whole pixels and never resampled unevenly, and the margins are measured from the longest
+    class name and the title, so neither is cut off.
+    """
+    from matplotlib.textpath import TextPath
+
+    def text_px(text: str, points: float) -> float:  # the outline's width, plus 10% for hinting and spacing when drawn
+        return 1.1 * TextPath((0, 0), text, size=points).get_extents().width * dpi / 72
+
+    label_pt, title_pt, pad, gap = 10, 11, 8, 6  # font sizes (points); pad and gap between rows (px)
+    pictures = [montage(_preview(images), columns=len(images)) for images in rows]
+    width = max(picture.shape[1] for picture in pictures)
+    label_px = max(text_px(name, label_pt) for name in classes) + 2 * pad
+    title_px = 2.2 * title_pt * dpi / 72
+    fig_w = max(label_px + width + pad, text_px(title, title_pt) + 2 * pad)
+    fig_h = title_px + sum(picture.shape[0] for picture in pictures) + gap * (len(pictures) - 1) + pad
+    fig = plt.figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
+    top = fig_h - title_px
+    for picture, name in zip(pictures, classes):
+        height, row_width = picture.shape[:2]
+        ax = fig.add_axes((label_px / fig_w, (top - height) / fig_h, row_width / fig_w, height / fig_h))
+        if picture.ndim == 2:  # grey as RGB: the exact values, where a grey colormap's 256-step table can shift them by one
+            picture = np.repeat(picture[:, :, None], 3, axis=2)
+        ax.imshow(picture, interpolation="nearest", aspect="auto")
+        ax.set_axis_off()
+        fig.text((label_px - pad) / fig_w, (top - height / 2) / fig_h, name, ha="right", va="center", fontsize=label_pt)
+        top -= height + gap
+    fig.text(pad / fig_w, 1 - title_px / 2 / fig_h, title, ha="left", va="center", fontsize=title_pt)
     return fig
 
 
