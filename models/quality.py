@@ -50,13 +50,14 @@ def classification_accuracy_score(synthetic: torch.Tensor, synthetic_labels: tor
 def features(network: nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
     """Penultimate-layer features (smallcnn's pooled map) as float64 [N, D]."""
     mean, std = normalisation(images.shape[1])
-    captured = []
-    hook = network.pool.register_forward_hook(lambda module, inputs, output: captured.append(torch.flatten(output, 1).double().cpu()))
+    captured = []  # on the device until the end: one copy to the host, not one per batch
+    hook = network.pool.register_forward_hook(lambda module, inputs, output: captured.append(torch.flatten(output, 1).double()))
     try:
-        predict(network, TensorBatches(images, torch.zeros(len(images), dtype=torch.long), 512, device), mean, std)
+        # float32 forward: bf16 features would add noise to the covariances (models/device.py)
+        predict(network, TensorBatches(images, torch.zeros(len(images), dtype=torch.long), 512, device), mean, std, mixed_precision=False)
     finally:
         hook.remove()
-    return torch.cat(captured).numpy()
+    return torch.cat(captured).cpu().numpy()
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
