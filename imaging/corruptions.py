@@ -1221,8 +1221,11 @@ def _defocus_blur_torch(batch, entry, level, generator, labels):
         return _defocus_blur_host(batch, kernel)
     from imaging.batches import to_device
 
-    weight = to_device(torch.from_numpy(kernel), batch.device)[None, None].expand(c, 1, *kernel.shape)
-    padded = F.pad(batch.float(), (pad_x, pad_x, pad_y, pad_y), mode="reflect")  # numpy "reflect" = OpenCV REFLECT_101
+    # float64 on a GPU: cuDNN runs float32 convolutions in TF32 (10-bit mantissa) by default, which
+    # would move about 1 value in 20 across a rounding boundary; the CPU stays float32 as before
+    dtype = torch.float64 if batch.device.type == "cuda" else torch.float32
+    weight = to_device(torch.from_numpy(kernel), batch.device).to(dtype)[None, None].expand(c, 1, *kernel.shape)
+    padded = F.pad(batch.to(dtype), (pad_x, pad_x, pad_y, pad_y), mode="reflect")  # numpy "reflect" = OpenCV REFLECT_101
     return _round_to_uint8(F.conv2d(padded, weight, groups=c))
 
 

@@ -21,7 +21,8 @@ Where it is not used:
 - the feature FID (`models.quality.features`): Fréchet distances come from
   covariances of the features, and bf16's 8-bit mantissa (about 0.4% per
   value) would add noise of the size of the differences between good
-  generators; those forward passes stay float32 (`predict(mixed_precision=False)`);
+  generators; those forward passes stay float32 (`predict(mixed_precision=False)`; cuDNN still
+  runs their convolutions in TF32, torch's default, with a 10-bit mantissa to bf16's 7);
 - saliency maps (gradients with respect to the input image) run outside it.
 """
 from __future__ import annotations
