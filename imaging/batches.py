@@ -76,6 +76,21 @@ def cached_tensors(manifest: Manifest, channels: int, size: int) -> tuple[torch.
     return images, labels
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`tensor` on `device`, without making the host wait for the GPU.
+
+    A plain `.to("cuda")` of a host tensor synchronises the stream (it waits for every queued
+    kernel); from pinned memory with non_blocking=True the copy is queued instead, ordered before
+    the kernels that use it, and PyTorch keeps the pinned buffer until the copy is done. Used for
+    the small per-batch host tensors (batch order, flip masks, chosen indices); on the CPU it is
+    `tensor.to(device)`, the same tensor.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A generator for one epoch's order and augmentation: resuming at epoch k replays it exactly."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -98,7 +113,8 @@ class TensorBatches:
 
     def iterate(self, generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         count = len(self.labels)
-        order = torch.randperm(count, generator=generator).to(self.images.device) if generator is not None else None
+        # drawn on the host by the epoch's CPU generator: the same order on every device
+        order = to_device(torch.randperm(count, generator=generator), self.images.device) if generator is not None else None
         for start in range(0, count, self.batch_size):
             if order is None:
                 yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
@@ -166,8 +182,9 @@ def to_model_input(
     """uint8 [B, C, H, W] to normalised float on the same device; random horizontal flips if asked."""
     x = images.float().div_(255.0)
     if hflip:
-        flip = torch.rand(len(x), generator=generator).to(x.device) < 0.5
+        flip = to_device(torch.rand(len(x), generator=generator), x.device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype)[None, :, None, None]
-    s = torch.tensor(std, device=x.device, dtype=x.dtype)[None, :, None, None]
+    # torch.tensor(..., device="cuda") would copy synchronously on every batch
+    m = to_device(torch.tensor(mean, dtype=x.dtype), x.device)[None, :, None, None]
+    s = to_device(torch.tensor(std, dtype=x.dtype), x.device)[None, :, None, None]
     return (x - m) / s

@@ -321,6 +321,8 @@ def apply_augment(batch, specs: list[AugmentSpec], *, generator_seed: int, label
     """
     import torch
 
+    from imaging.batches import to_device
+
     rng = np.random.default_rng(generator_seed)
     out = batch
     for spec in specs:
@@ -328,7 +330,7 @@ def apply_augment(batch, specs: list[AugmentSpec], *, generator_seed: int, label
         seed = int(rng.integers(2**63))
         if len(chosen) == 0:
             continue
-        index = torch.from_numpy(chosen).to(batch.device)
+        index = to_device(torch.from_numpy(chosen), batch.device)  # queued, not waited for, on a GPU
         if spec.kind == "blend":
             # partners come from the whole batch, not only the chosen images
             part = corrupt_torch(out, spec.kind, spec.severity, seed=seed, labels=labels, table=table, on_device=on_device)[index]
@@ -1166,7 +1168,8 @@ def _blend_torch(batch, entry, level, generator, labels):
         partner = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
     else:
         draws = torch.rand(n, generator=generator, device=device)
-        partner_index = None
+        t = torch.clamp((draws * (n - 1)).long(), max=n - 2)
+        partner_index = torch.where(t < torch.arange(n, device=device), t, t + 1)  # any other image
         if labels is not None:
             labels = labels.to(device)
             order = torch.argsort(labels, stable=True)
@@ -1174,12 +1177,11 @@ def _blend_torch(batch, entry, level, generator, labels):
             starts = torch.searchsorted(sorted_labels, labels, right=False)
             ends = torch.searchsorted(sorted_labels, labels, right=True)
             others = n - (ends - starts)
-            if bool((others > 0).all()):
-                t = torch.minimum((draws * others).long(), others - 1)
-                partner_index = order[torch.where(t < starts, t, t + (ends - starts))]
-        if partner_index is None:
-            t = torch.clamp((draws * (n - 1)).long(), max=n - 2)
-            partner_index = torch.where(t < torch.arange(n, device=device), t, t + 1)
+            # an image of another class where every image has one; chosen on the device rather than
+            # by a host `if` (a GPU sync per batch). The clamps only keep the unused choice in range.
+            t = torch.minimum((draws * others).long(), others - 1).clamp_(min=0)
+            by_class = order[torch.where(t < starts, t, t + (ends - starts)).clamp_(max=n - 1)]
+            partner_index = torch.where((others > 0).all(), by_class, partner_index)
         partner = batch[partner_index].float()
     return _round_to_uint8((1.0 - level) * batch.float() + level * partner)
 
@@ -1217,8 +1219,13 @@ def _defocus_blur_torch(batch, entry, level, generator, labels):
     pad_y, pad_x = kernel.shape[0] // 2, kernel.shape[1] // 2
     if pad_y >= h or pad_x >= w:  # torch reflects once; images smaller than the kernel go through NumPy
         return _defocus_blur_host(batch, kernel)
-    weight = torch.from_numpy(kernel).to(batch.device)[None, None].expand(c, 1, *kernel.shape)
-    padded = F.pad(batch.float(), (pad_x, pad_x, pad_y, pad_y), mode="reflect")  # numpy "reflect" = OpenCV REFLECT_101
+    from imaging.batches import to_device
+
+    # float64 on a GPU: cuDNN runs float32 convolutions in TF32 (10-bit mantissa) by default, which
+    # would move about 1 value in 20 across a rounding boundary; the CPU stays float32 as before
+    dtype = torch.float64 if batch.device.type == "cuda" else torch.float32
+    weight = to_device(torch.from_numpy(kernel), batch.device).to(dtype)[None, None].expand(c, 1, *kernel.shape)
+    padded = F.pad(batch.to(dtype), (pad_x, pad_x, pad_y, pad_y), mode="reflect")  # numpy "reflect" = OpenCV REFLECT_101
     return _round_to_uint8(F.conv2d(padded, weight, groups=c))
 
 

@@ -142,15 +142,17 @@ def _backbone_input(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def embed(backbone: Backbone, images: torch.Tensor, device: torch.device, desc: str = "embed") -> tuple[np.ndarray, np.ndarray]:
     """(features [N, D], class probabilities [N, K]), both float64, of uint8 images, from one pass through the backbone."""
+    # on the device until the end: one copy to the host, not one per batch; float32 throughout,
+    # as bf16 features would add noise to FID's covariances (models/device.py)
     captured, probabilities = [], []
-    hook = backbone.pooled.register_forward_hook(lambda module, inputs, output: captured.append(torch.flatten(output, 1).double().cpu()))
+    hook = backbone.pooled.register_forward_hook(lambda module, inputs, output: captured.append(torch.flatten(output, 1).double()))
     try:
         for start in tqdm(range(0, len(images), backbone.batch_size), desc=desc, unit="batch", leave=False):
             logits = backbone.network(_backbone_input(backbone, images[start:start + backbone.batch_size].to(device)))
-            probabilities.append(torch.softmax(logits.double(), 1).cpu())
+            probabilities.append(torch.softmax(logits.double(), 1))
     finally:
         hook.remove()
-    return torch.cat(captured).numpy(), torch.cat(probabilities).numpy()
+    return torch.cat(captured).cpu().numpy(), torch.cat(probabilities).cpu().numpy()
 
 
 def features(network: nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:

@@ -37,6 +37,20 @@ settings.register_profile("synthmix", derandomize=True)
 settings.load_profile("synthmix")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` are skipped, with the reason, where torch sees no GPU."""
+    cuda_tests = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU, and torch sees none here; bash benchmarks/device_check.sh runs these on a GPU machine")
+    for item in cuda_tests:
+        item.add_marker(skip)
+
+
 @pytest.fixture
 def experiment(monkeypatch):
     """A fresh MLflow experiment for this test, also seen by subprocesses."""
