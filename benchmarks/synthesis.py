@@ -1,25 +1,29 @@
-"""Trained generators on mnist5k: training time, sampling speed and quality.
+"""Trained generators: training time, sampling speed, quality and artefacts, on any data and size.
 
-    .venv/bin/python benchmarks/synthesis.py [--kinds dcgan,vae,ddpm] [--per-class 400]
+    .venv/bin/python benchmarks/synthesis.py                        # mnist5k, 28 px grey
+    .venv/bin/python -m imaging.photos /tmp/photos64 --size 64      # 3 classes x 200 colour photo patches
+    .venv/bin/python benchmarks/synthesis.py --data /tmp/photos64 --size 64 [--kinds dcgan]
 
-Each generator is trained with its defaults on mnist5k's 4,000 real train
-images (the synthesize stage's data: 28 px grey, 400 per class), then samples
---per-class images per class. Quality uses the stage's own scores
-(models/quality.py): CAS (a smallcnn trained on the synthetic images only,
-accuracy on the 500 real test images), feature FID (Fréchet distance in the
-penultimate layer of a smallcnn trained on the real train split) and
-detectability (held-out accuracy of a real-vs-synthetic smallcnn; 0.5 =
-indistinguishable). The `real` row trains the CAS classifier on the real
-train images: the ceiling.
+Each generator trains with its defaults for the image size (the presets in
+models/generators/<kind>.py; `--epochs` overrides) on the real *train* split,
+then samples as many images per class as the largest real train class
+(--per-class). Quality uses the stage's own scores (models/quality.py): CAS
+(a smallcnn trained on the synthetic images only, accuracy on the real test
+split) and CAS relative to the `real` row's (the same classifier trained on
+the real train split: the ceiling); feature FID and IS in the penultimate
+layer / softmax of a smallcnn trained on the real train split (not
+Inception: IS ranges from 1 to the class count); detectability (held-out
+accuracy of a real-vs-synthetic smallcnn; 0.5 = indistinguishable). The
+artefact ratios (imaging/artefacts.py) are synthetic / real: `HF` the share of
+spectral energy above 0.75 Nyquist, min..max over channels (within 0.5..2 =
+no checkerboard), `div` the within-class pixel diversity (>= 0.6 = no mode
+collapse).
 
-For ddpm it also samples --full-per-class images per class with 1000-step
-ancestral DDPM and the same count with the default few-step sampler, and
-compares speed (images/s) and CAS on those equal-sized sets; their CAS
-classifier trains for proportionally more epochs, so it gets as many updates
-as on the --per-class sets.
+For ddpm on mnist5k it also compares the 1000-step ancestral sampler with the
+default few-step one (--full-per-class).
 
 Timings are wall-clock in one process with torch's default threads (2 on the
-reference machine: 2 cores, no GPU).
+reference machine: 2 cores, no GPU); --device cuda for a GPU.
 """
 from __future__ import annotations
 
@@ -32,73 +36,102 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+GOALS_64 = "dcgan at 64 px colour: CAS >= 0.8 x real, train <= 300 s (3 x 200 images, 2 CPU cores), HF within 0.5..2, div >= 0.6"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="mnist5k", help="mnist5k or a folder of class sub-folders (python -m imaging.photos makes a colour one)")
+    parser.add_argument("--size", type=int, default=0, help="image side in px the generators work at; 0 = the data's own")
     parser.add_argument("--kinds", default="dcgan,vae,ddpm", help="comma-separated trained generators")
-    parser.add_argument("--per-class", type=int, default=400, help="synthetic images per class for the scores")
+    parser.add_argument("--epochs", type=int, default=0, help="generator epochs; 0 = each generator's preset for the size")
+    parser.add_argument("--per-class", type=int, default=0, help="synthetic images per class for the scores; 0 = as many as the largest real train class")
     parser.add_argument("--quality-epochs", type=int, default=5, help="epochs of the scoring classifiers (the stage's default)")
-    parser.add_argument("--full-per-class", type=int, default=50, help="images per class for the 1000-step DDPM comparison; 0 skips it")
+    parser.add_argument("--full-per-class", type=int, default=50, help="ddpm: images per class for the 1000-step sampler comparison; 0 skips it")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when there is one)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     import torch
 
+    from imaging.artefacts import artefact_ratios
     from imaging.batches import cached_tensors
     from imaging.datasets import load_dataset
+    from imaging.manifest import native_format
     from models.generators import default_hyperparameters, train_generator
-    from models.quality import classification_accuracy_score, detectability, features, fit_classifier, frechet_distance
+    from models.quality import classification_accuracy_score, detectability, embed, classifier_backbone, fit_classifier, frechet_distance, inception_score
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    manifest, _ = load_dataset("mnist5k")
-    train_x, train_y = cached_tensors(manifest.split("train"), 1, 28)
-    test_x, test_y = cached_tensors(manifest.split("test"), 1, 28)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    manifest, _ = load_dataset(args.data)
+    channels, native = native_format(manifest)
+    size = args.size or native
+    train_x, train_y = cached_tensors(manifest.split("train"), channels, size)
+    test_x, test_y = cached_tensors(manifest.split("test"), channels, size)
+    classes = len(manifest.classes)
     epochs = args.quality_epochs
-    reference = fit_classifier(train_x, train_y, 10, epochs=epochs, seed=args.seed, device=device, desc="reference")
-    test_features = features(reference, test_x, device)
+    reference = classifier_backbone(fit_classifier(train_x, train_y, classes, epochs=epochs, seed=args.seed, device=device, desc="reference"), channels)
+    test_features = embed(reference, test_x, device)[0]
 
     def scores(images, labels, epochs=epochs):
-        return (
-            classification_accuracy_score(images, labels, test_x, test_y, 10, epochs=epochs, seed=args.seed, device=device),
-            frechet_distance(test_features, features(reference, images, device)),
-        )
+        features, probabilities = embed(reference, images, device)
+        return (classification_accuracy_score(images, labels, test_x, test_y, classes, epochs=epochs, seed=args.seed, device=device),
+                frechet_distance(test_features, features), inception_score(probabilities)[0])
 
-    rows = [("real (ceiling)", "-", "-", "-", "-", *(f"{v:.3f}" for v in scores(train_x, train_y)), "-")]
-    labels = torch.arange(10).repeat_interleave(args.per_class)
-    extra = []
+    real_cas, real_fid, real_is = scores(train_x, train_y)
+    rows = [("real (ceiling)", "-", "-", "-", f"{real_cas:.3f}", "1.00", f"{real_fid:.2f}", f"{real_is:.2f}", "-", "1.00", "1.00")]
+    per_class = args.per_class or int(torch.bincount(train_y).max())
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    extra, goals = [], []
     for kind in args.kinds.split(","):
+        preset = default_hyperparameters(kind, size, size)
         started = time.perf_counter()
-        generator = train_generator(kind, train_x, train_y, 10, seed=args.seed, device=device, progress=False)
+        generator = train_generator(kind, train_x, train_y, classes, epochs=args.epochs or None, seed=args.seed, device=device, progress=False)
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
         synthetic = generator.sample(labels, args.seed)
         rate = len(labels) / (time.perf_counter() - started)
-        cas, fid = scores(synthetic, labels)
+        cas, fid, score = scores(synthetic, labels)
         detect = detectability(train_x, synthetic, epochs=max(1, epochs // 2), seed=args.seed, device=device)
-        sampler = f"{generator.sampler_name} {generator.default_steps}" if kind == "ddpm" else "one pass"
-        rows.append((kind, str(default_hyperparameters(kind)["epochs"]), f"{train_seconds:.0f}", sampler, f"{rate:.0f}", f"{cas:.3f}", f"{fid:.3f}", f"{detect:.3f}"))
-        if kind == "ddpm" and args.full_per_class:
-            few_labels = torch.arange(10).repeat_interleave(args.full_per_class)
-            for name, steps, options in ((f"{generator.sampler_name} {generator.default_steps}", None, {}), ("ddpm 1000", 1000, {"scheduler": "ddpm"})):
-                started = time.perf_counter()
-                images = generator.sample(few_labels, args.seed, steps=steps, **options)
-                speed = len(few_labels) / (time.perf_counter() - started)
-                # the same number of classifier updates as on the --per-class sets, so CAS is not starved by the smaller set
-                cas, fid = scores(images, few_labels, epochs=epochs * max(1, args.per_class // args.full_per_class))
-                extra.append((name, speed, cas, fid))
+        ratios = artefact_ratios(train_x, train_y, synthetic, labels)
+        rows.append((kind, str(args.epochs or preset["epochs"]), f"{train_seconds:.0f}", f"{rate:.0f}", f"{cas:.3f}", f"{cas / real_cas:.2f}", f"{fid:.2f}", f"{score:.2f}", f"{detect:.3f}",
+                     f"{ratios['hf_ratio_min']:.2f}..{ratios['hf_ratio_max']:.2f}", f"{ratios['diversity_ratio']:.2f}"))
+        if kind == "dcgan" and size == 64 and channels == 3:
+            met = cas >= 0.8 * real_cas and train_seconds <= 300 and 0.5 <= ratios["hf_ratio_min"] and ratios["hf_ratio_max"] <= 2 and ratios["diversity_ratio"] >= 0.6
+            goals.append(f"{GOALS_64}: {'met' if met else 'NOT met'}")
+        if kind == "ddpm" and args.full_per_class and args.data == "mnist5k":
+            extra = _sampler_comparison(generator, classes, args, scores, epochs, per_class)
 
-    header = ("generator", "epochs", "train s", "sampler", "imgs/s", "CAS", "feat-FID", "detect")
+    header = ("generator", "epochs", "train s", "imgs/s", "CAS", "CAS/real", "feat-FID", "IS", "detect", "HF ratio", "div")
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
-    print(f"\nmnist5k: 4,000 train / 500 test images, {args.per_class} synthetic per class, {torch.get_num_threads()} threads, {device}")
+    print(f"\n{manifest.name}: {len(train_x)} train / {len(test_x)} test images, {size} px, {channels} channel(s), {classes} classes, "
+          f"{per_class} synthetic per class, {torch.get_num_threads()} threads, {device}")
     for row in [header, tuple("-" * w for w in widths), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    for line in goals:
+        print(line)
     if extra:
-        (few_name, few_speed, few_cas, few_fid), (full_name, full_speed, full_cas, full_fid) = extra
+        (few_name, few_speed, few_cas), (full_name, full_speed, full_cas) = extra
         print(f"\nddpm sampling on {args.full_per_class} images per class")
-        print(f"{'sampler':<14}{'imgs/s':>10}{'CAS':>8}{'feat-FID':>10}")
-        print(f"{few_name:<14}{few_speed:>10.1f}{few_cas:>8.3f}{few_fid:>10.3f}")
-        print(f"{full_name:<14}{full_speed:>10.2f}{full_cas:>8.3f}{full_fid:>10.3f}")
+        print(f"{'sampler':<14}{'imgs/s':>10}{'CAS':>8}")
+        print(f"{few_name:<14}{few_speed:>10.1f}{few_cas:>8.3f}")
+        print(f"{full_name:<14}{full_speed:>10.2f}{full_cas:>8.3f}")
         print(f"few-step is {few_speed / full_speed:.0f}x faster; CAS difference {100 * (few_cas - full_cas):+.1f} points")
+
+
+def _sampler_comparison(generator, classes: int, args, scores, epochs: int, per_class: int) -> list:
+    """(name, imgs/s, CAS) for the default few-step sampler and 1000-step ancestral DDPM on equal-sized sets."""
+    import torch
+
+    few_labels = torch.arange(classes).repeat_interleave(args.full_per_class)
+    out = []
+    for name, steps, options in ((f"{generator.sampler_name} {generator.default_steps}", None, {}), ("ddpm 1000", 1000, {"scheduler": "ddpm"})):
+        started = time.perf_counter()
+        images = generator.sample(few_labels, args.seed, steps=steps, **options)
+        speed = len(few_labels) / (time.perf_counter() - started)
+        # the same number of classifier updates as on the full sets, so CAS is not starved by the smaller set
+        cas = scores(images, few_labels, epochs=epochs * max(1, per_class // args.full_per_class))[0]
+        out.append((name, speed, cas))
+    return out
 
 
 if __name__ == "__main__":

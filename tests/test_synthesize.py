@@ -185,3 +185,47 @@ def test_the_sample_grid_shows_class_rows_pixel_for_pixel_with_whole_class_names
             found = np.lib.stride_tricks.sliding_window_view(picture[:, :, 0], block.shape)
             assert (found == block).all(axis=(2, 3)).any()
             assert (picture[..., 0] == picture[..., 1]).all() and (picture[..., 1] == picture[..., 2]).all()
+
+
+@pytest.fixture(scope="module")
+def photo_folders(tmp_path_factory):
+    """Colour photo patches: 32 px PNG and 128 px JPEG, 3 classes x 6."""
+    from imaging.photos import patches
+
+    root = tmp_path_factory.mktemp("photos")
+    for size, suffix in ((32, "png"), (128, "jpg")):
+        for offset, name in enumerate(("cat", "coffee", "flower")):
+            (root / f"p{size}" / name).mkdir(parents=True)
+            for index, array in enumerate(patches(name, 6, size, seed=offset)):
+                Image.fromarray(array).save(root / f"p{size}" / name / f"{index}.{suffix}")
+    return root
+
+
+TINY_OPTIONS = {"dcgan": {"base_channels": 8, "latent_dim": 8}, "vae": {"base_channels": 8, "latent_dim": 4}, "ddpm": {"block_channels": "8,16", "steps": 2}}
+
+
+@pytest.mark.parametrize("size", [32, 128])
+@pytest.mark.parametrize("kind", ["dcgan", "vae", "ddpm"])
+def test_trained_generators_write_colour_photos_at_the_real_size_and_format_with_their_seeds(kind, size, photo_folders, experiment):
+    from models.generators import image_seed
+
+    params = {"data": str(photo_folders / f"p{size}"), "generator": kind, "epochs": 1, "batch_size": 4, "per_class": 3, "quality": False, "seed": 5, **TINY_OPTIONS[kind]}
+    result = synthesize(params)
+    frame = result.manifest.frame
+    assert frame.groupby("label").size().to_dict() == {"cat": 3, "coffee": 3, "flower": 3}
+    assert frame["seed"].tolist() == [image_seed(5, index) for index in range(9)]  # image i's seed, as sampled
+    image = Image.open(io.BytesIO(image_bytes(result.run_id, frame["path"][0])))
+    assert (image.format, image.mode, image.size) == ("PNG" if size == 32 else "JPEG", "RGB", (size, size))
+    config = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/generator/config.json")
+    assert (config["image_height"], config["image_channels"]) == (size, 3)
+    assert {k: config[k] for k in TINY_OPTIONS[kind] if k not in ("steps", "block_channels")} == {k: v for k, v in TINY_OPTIONS[kind].items() if k not in ("steps", "block_channels")}
+
+
+def test_generator_options_are_checked_against_the_generator_before_any_run(photo_folders, experiment):
+    result = run_cli("synthesize", "--data", str(photo_folders / "p32"), "--generator", "vae", "--upsample", "transposed")
+    assert result.returncode == 2 and "--upsample applies to dcgan, not vae" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(InputError, match="--block-channels '8,12' must be two or more comma-separated multiples of 8"):
+        synthesize({"data": str(photo_folders / "p32"), "generator": "ddpm", "block_channels": "8,12"})
+    with pytest.raises(InputError, match="unknown augmentation blur"):
+        synthesize({"data": str(photo_folders / "p32"), "generator": "dcgan", "diff_augment": "blur"})
+    assert runs_of(experiment) == []
