@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--full-per-class", type=int, default=50, help="ddpm: images per class for the 1000-step sampler comparison; 0 skips it")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when there is one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grids", default="", help="folder to save each generator's sample grid in (<kind>_<size>px.png, the first 8 of each class; real_<size>px.png too)")
     args = parser.parse_args()
 
     import torch
@@ -78,6 +79,8 @@ def main() -> None:
                 frechet_distance(test_features, features), inception_score(probabilities)[0])
 
     real_cas, real_fid, real_is = scores(train_x, train_y)
+    if args.grids:
+        _save_grid(Path(args.grids) / f"real_{size}px.png", "real", train_x, train_y, manifest.classes)
     rows = [("real (ceiling)", "-", "-", "-", f"{real_cas:.3f}", "1.00", f"{real_fid:.2f}", f"{real_is:.2f}", "-", "1.00", "1.00")]
     per_class = args.per_class or int(torch.bincount(train_y).max())
     labels = torch.arange(classes).repeat_interleave(per_class)
@@ -93,6 +96,8 @@ def main() -> None:
         cas, fid, score = scores(synthetic, labels)
         detect = detectability(train_x, synthetic, epochs=max(1, epochs // 2), seed=args.seed, device=device)
         ratios = artefact_ratios(train_x, train_y, synthetic, labels)
+        if args.grids:
+            _save_grid(Path(args.grids) / f"{kind}_{size}px.png", kind, synthetic, labels, manifest.classes)
         rows.append((kind, str(args.epochs or preset["epochs"]), f"{train_seconds:.0f}", f"{rate:.0f}", f"{cas:.3f}", f"{cas / real_cas:.2f}", f"{fid:.2f}", f"{score:.2f}", f"{detect:.3f}",
                      f"{ratios['hf_ratio_min']:.2f}..{ratios['hf_ratio_max']:.2f}", f"{ratios['diversity_ratio']:.2f}"))
         if kind == "dcgan" and size == 64 and channels == 3:
@@ -116,6 +121,20 @@ def main() -> None:
         print(f"{few_name:<14}{few_speed:>10.1f}{few_cas:>8.3f}")
         print(f"{full_name:<14}{full_speed:>10.2f}{full_cas:>8.3f}")
         print(f"few-step is {few_speed / full_speed:.0f}x faster; CAS difference {100 * (few_cas - full_cas):+.1f} points")
+
+
+def _save_grid(path: Path, name: str, images, labels, classes: list[str], columns: int = 8) -> None:
+    """The first `columns` images of each class, a row per class, as the synthesize stage draws them."""
+    import numpy as np
+
+    from tracking.figures import class_rows_figure, plt
+
+    arrays = images.permute(0, 2, 3, 1).numpy()
+    rows = [arrays[(labels == index).numpy()][:columns] for index in range(len(classes))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = class_rows_figure([np.ascontiguousarray(row) for row in rows], list(classes), f"{name}: the first {columns} images of each class")
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def _sampler_comparison(generator, classes: int, args, scores, epochs: int, per_class: int) -> list:
