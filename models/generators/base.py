@@ -104,9 +104,10 @@ def check_training_data(images_uint8: torch.Tensor, labels: torch.Tensor, num_cl
         raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min().item()}..{labels.max().item()}")
 
 
-def batches(num_images: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Index batches of one shuffled epoch; the short remainder is dropped (reshuffled next epoch)."""
-    order = torch.randperm(num_images, generator=generator)
+def batches(num_images: int, batch_size: int, generator: torch.Generator, device="cpu") -> Iterator[torch.Tensor]:
+    """Index batches of one shuffled epoch, on `device`; the short remainder is dropped (reshuffled next epoch).
+    The order is drawn on the CPU (the same on every device) and copied once per epoch."""
+    order = torch.randperm(num_images, generator=generator).to(device)
     batch_size = min(batch_size, num_images)
     for start in range(0, num_images - batch_size + 1, batch_size):
         yield order[start : start + batch_size]
@@ -138,8 +139,7 @@ def train_loop(
         for epoch in range(epochs):
             sums: dict = {}
             count = 0
-            for index in batches(len(images), batch_size, order_generator):
-                index = index.to(device)
+            for index in batches(len(images), batch_size, order_generator, device):
                 metrics = step(to_unit_range(images[index]), labels[index])
                 for name, value in metrics.items():  # tensors stay on the device: one host sync per epoch
                     sums[name] = sums.get(name, 0.0) + (value.detach().float() if torch.is_tensor(value) else float(value))

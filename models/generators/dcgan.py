@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.device import autocast
 from models.generators.augment import diff_augment, parse_policy
 from models.generators.base import TrainedGenerator, crop_to, pad_to, per_image_noise, preset_for, seeded_model, stage_layout, train_loop
 
@@ -151,13 +152,15 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
     def step(real, y):
         nonlocal steps_done
         z = torch.randn((len(real), hyper["latent_dim"]), generator=noise, device=device)
-        fake = model.generate(z, y)
-        # non-saturating GAN loss: softplus(-s) = -log sigmoid(s) on real, softplus(s) on fake
-        loss_d = F.softplus(-model.discriminate(augmented(real), y)).mean() + F.softplus(model.discriminate(augmented(fake.detach()), y)).mean()
+        with autocast(device):  # bf16 forward on a capable GPU; backward outside, float32 weights (models/device.py)
+            fake = model.generate(z, y)
+            # non-saturating GAN loss: softplus(-s) = -log sigmoid(s) on real, softplus(s) on fake
+            loss_d = F.softplus(-model.discriminate(augmented(real), y).float()).mean() + F.softplus(model.discriminate(augmented(fake.detach()), y).float()).mean()
         optimizer_d.zero_grad(set_to_none=True)
         loss_d.backward()
         optimizer_d.step()
-        loss_g = F.softplus(-model.discriminate(augmented(fake), y)).mean()
+        with autocast(device):
+            loss_g = F.softplus(-model.discriminate(augmented(fake), y).float()).mean()
         optimizer_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optimizer_g.step()

@@ -22,6 +22,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from models.device import autocast
 from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, preset_for, seeded_model, train_loop
 
 DEFAULTS = dict(
@@ -101,6 +102,12 @@ class DDPM(TrainedGenerator):
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.unet(noisy, timesteps, class_labels=labels).sample
 
+    def predict_for_sampling(self, noisy: torch.Tensor, timesteps, labels: torch.Tensor) -> torch.Tensor:
+        """The UNet under bf16 autocast where the device does it natively, back in float32
+        so the scheduler's many small updates are not rounded to bf16."""
+        with autocast(self.device):
+            return self.predict(noisy, timesteps, labels).float()
+
     def sample_batch(self, labels, generators, steps=None, scheduler: str | None = None, guidance: float | None = None):
         steps = self.default_steps if steps is None else int(steps)
         guidance = self.config["guidance"] if guidance is None else float(guidance)
@@ -111,10 +118,10 @@ class DDPM(TrainedGenerator):
         for t in sampler.timesteps:
             model_input = sampler.scale_model_input(x, t)
             if guidance > 0:
-                conditional, unconditional = self.predict(model_input.repeat(2, 1, 1, 1), t, torch.cat([labels, no_class])).chunk(2)
+                conditional, unconditional = self.predict_for_sampling(model_input.repeat(2, 1, 1, 1), t, torch.cat([labels, no_class])).chunk(2)
                 prediction = unconditional + (1 + guidance) * (conditional - unconditional)
             else:
-                prediction = self.predict(model_input, t, labels)
+                prediction = self.predict_for_sampling(model_input, t, labels)
             x = sampler.step(prediction, t, x, generator=generators).prev_sample
         return crop_to(x, self.height, self.width)
 
@@ -143,7 +150,9 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
         drop = torch.rand(len(y), generator=rng, device=device) < hyper["label_dropout"]
         y = torch.where(drop, torch.full_like(y, num_classes), y)
         target = noise if hyper["prediction_type"] == "epsilon" else noise_scheduler.get_velocity(x, noise, timesteps)
-        loss = F.mse_loss(model.predict(noise_scheduler.add_noise(x, noise, timesteps), timesteps, y), target)
+        with autocast(device):  # bf16 UNet on a capable GPU; the loss in float32 (models/device.py)
+            prediction = model.predict(noise_scheduler.add_noise(x, noise, timesteps), timesteps, y)
+        loss = F.mse_loss(prediction.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)

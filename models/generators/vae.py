@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.device import autocast
 from models.generators.base import TrainedGenerator, crop_to, pad_to, per_image_noise, preset_for, seeded_model, stage_layout, train_loop
 
 DEFAULTS = dict(
@@ -96,9 +97,10 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
 
     def step(x, y):
         target = (x + 1) / 2
-        mean, log_var = model.encode(x, y)
-        z = mean + torch.randn(mean.shape, generator=noise, device=device) * torch.exp(0.5 * log_var)
-        logits = model.decode_logits(z, y)
+        with autocast(device):  # bf16 convs on a capable GPU; the ELBO's terms in float32 (models/device.py)
+            mean, log_var = (part.float() for part in model.encode(x, y))
+            z = mean + torch.randn(mean.shape, generator=noise, device=device) * torch.exp(0.5 * log_var)
+            logits = model.decode_logits(z, y).float()
         # per-image sums, averaged over the batch: the ELBO in nats per image
         recon = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / len(x)
         kl = -0.5 * torch.sum(1 + log_var - mean.pow(2) - log_var.exp()) / len(x)
