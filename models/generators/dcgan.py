@@ -1,8 +1,9 @@
 """Class-conditional DCGAN (Radford et al. 2016), grown with the image.
 
 G: [z, embed(label)] -> linear -> a 4..7 px map -> one up-sampling stage per
-doubling of the side (`base.stage_layout`) (BatchNorm, ReLU) -> tanh, cropped to H x W. Channels
-halve per stage from `base_channels` x 2^(stages-1), capped at `max_channels`.
+doubling of the side (`base.stage_layout`; BatchNorm, ReLU) -> a 3 x 3 conv at
+full resolution -> tanh, cropped to H x W. Channels halve per stage from
+`base_channels` x 2^(stages-1), capped at `max_channels`, to `base_channels`.
 D mirrors it: [image, one-hot label maps] -> one stride-2 conv per halving
 (LeakyReLU 0.2; spectral norm instead of BatchNorm) -> a minibatch standard
 deviation feature (Karras et al. 2018) -> linear score. Non-saturating loss,
@@ -102,10 +103,12 @@ class DCGAN(TrainedGenerator):
         self.label_embed = nn.Embedding(self.num_classes, config["embed_dim"])
         self.project = nn.Sequential(nn.Linear(config["latent_dim"] + config["embed_dim"], top * self.base_h * self.base_w), nn.BatchNorm1d(top * self.base_h * self.base_w), nn.ReLU())
         layers, previous = [], top
-        for width in reversed(widths[:-1]):
+        for width in [*reversed(widths[:-1]), widths[0]]:
             layers += [*_up(previous, width, config["upsample"]), nn.BatchNorm2d(width), nn.ReLU()]
             previous = width
-        layers += [*_up(previous, self.channels, config["upsample"]), nn.Tanh()]
+        # a 3 x 3 conv at full resolution after the last up-sampling: without it, resize-conv's
+        # output holds no detail finer than the previous stage's (2 x 2 blocks, smoothed)
+        layers += [nn.Conv2d(previous, self.channels, 3, 1, 1), nn.Tanh()]
         self.generator = nn.Sequential(*layers)
         self.discriminator = Discriminator(self.channels, self.num_classes, widths, self.base_h * self.base_w, bool(config["spectral_norm"]))
 
