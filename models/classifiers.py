@@ -112,7 +112,7 @@ def load_pretrained_state(name: str) -> dict[str, torch.Tensor]:
         return torch.load(path, map_location="cpu", weights_only=True)
     how = (
         f"download {weights.url} on a machine with internet and copy it to {path} "
-        f"(or set TORCH_HOME to a folder holding checkpoints/{path.name}), or pass --weights FILE"
+        f"(or set TORCH_HOME to a folder holding hub/checkpoints/{path.name}), or pass --weights FILE"
     )
     if offline():
         raise InputError(f"ImageNet weights for {name} are not in the torch cache and synthmix is offline; {how}.")
