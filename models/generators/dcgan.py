@@ -1,8 +1,10 @@
 """Class-conditional DCGAN (Radford et al. 2016), grown with the image.
 
 G: [z, embed(label)] -> linear -> a 4..7 px map -> one up-sampling stage per
-doubling of the side (`base.stage_layout`; BatchNorm, ReLU) -> a 3 x 3 conv at
-full resolution -> tanh, cropped to H x W. Channels halve per stage from
+doubling of the side (`base.stage_layout`; BatchNorm, ReLU) -> per-pixel noise
+scaled per channel (learned from 0; Karras et al. 2019) -> a 3 x 3 conv at
+full resolution -> tanh, cropped to H x W. G's convs reflect at the borders
+(zero padding drew a frame round every sample). Channels halve per stage from
 `base_channels` x 2^(stages-1), capped at `max_channels`, to `base_channels`.
 D mirrors it: [image, one-hot label maps] -> one stride-2 conv per halving
 (LeakyReLU 0.2; spectral norm instead of BatchNorm) -> a minibatch standard
@@ -67,8 +69,17 @@ def _up(in_channels: int, out_channels: int, mode: str) -> list[nn.Module]:
     if mode == "transposed":
         return [nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1)]
     if mode == "resize":
-        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, 1, 1)]
+        return [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(in_channels, out_channels, 3, 1, 1, padding_mode="reflect")]
     raise ValueError(f"unknown upsample {mode!r}; choose resize or transposed")
+
+
+class NoiseInjection(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return x + self.strength * noise.to(x.dtype)
 
 
 class Discriminator(nn.Module):
@@ -106,24 +117,28 @@ class DCGAN(TrainedGenerator):
         for width in [*reversed(widths[:-1]), widths[0]]:
             layers += [*_up(previous, width, config["upsample"]), nn.BatchNorm2d(width), nn.ReLU()]
             previous = width
-        # a 3 x 3 conv at full resolution after the last up-sampling: without it, resize-conv's
-        # output holds no detail finer than the previous stage's (2 x 2 blocks, smoothed)
-        layers += [nn.Conv2d(previous, self.channels, 3, 1, 1), nn.Tanh()]
         self.generator = nn.Sequential(*layers)
+        # per-pixel noise, scaled per channel (learned, from 0), at full resolution (Karras et al. 2019): fine texture
+        # the z vector cannot place pixel by pixel; then a 3 x 3 conv at full resolution: without it, resize-conv's
+        # output holds no detail finer than the previous stage's (2 x 2 blocks, smoothed)
+        self.noise = NoiseInjection(previous)
+        self.to_image = nn.Sequential(nn.Conv2d(previous, self.channels, 3, 1, 1, padding_mode="reflect"), nn.Tanh())
         self.discriminator = Discriminator(self.channels, self.num_classes, widths, self.base_h * self.base_w, bool(config["spectral_norm"]))
 
-    def generate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def generate(self, z: torch.Tensor, labels: torch.Tensor, pixel_noise: torch.Tensor) -> torch.Tensor:
+        """Images from z [N, latent_dim] and pixel_noise [N, 1, pad_h, pad_w] (standard normal)."""
         h = self.project(torch.cat([z, self.label_embed(labels)], dim=1)).view(len(z), -1, self.base_h, self.base_w)
-        return crop_to(self.generator(h), self.height, self.width)
+        return crop_to(self.to_image(self.noise(self.generator(h), pixel_noise)), self.height, self.width)
 
     def discriminate(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.discriminator(pad_to(images, self.pad_h, self.pad_w), labels)
 
     def generator_modules(self) -> list[nn.Module]:
-        return [self.label_embed, self.project, self.generator]
+        return [self.label_embed, self.project, self.generator, self.noise, self.to_image]
 
     def sample_batch(self, labels, generators, steps=None):
-        return self.generate(per_image_noise(generators, (self.config["latent_dim"],), self.device), labels)
+        z = per_image_noise(generators, (self.config["latent_dim"],), self.device)  # each image's generator: z, then its pixel noise
+        return self.generate(z, labels, per_image_noise(generators, (1, self.pad_h, self.pad_w), self.device))
 
 
 def build(config: dict) -> DCGAN:
@@ -155,8 +170,9 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
     def step(real, y):
         nonlocal steps_done
         z = torch.randn((len(real), hyper["latent_dim"]), generator=noise, device=device)
+        pixel_noise = torch.randn((len(real), 1, model.pad_h, model.pad_w), generator=noise, device=device)
         with autocast(device):  # bf16 forward on a capable GPU; backward outside, float32 weights (models/device.py)
-            fake = model.generate(z, y)
+            fake = model.generate(z, y, pixel_noise)
             # non-saturating GAN loss: softplus(-s) = -log sigmoid(s) on real, softplus(s) on fake
             loss_d = F.softplus(-model.discriminate(augmented(real), y).float()).mean() + F.softplus(model.discriminate(augmented(fake.detach()), y).float()).mean()
         optimizer_d.zero_grad(set_to_none=True)
