@@ -156,7 +156,7 @@ def synthesize(params: dict, *, nested: bool = False, run_name: str | None = Non
         raise InputError(f"--generator {kind!r} is not known; choose one of {', '.join(GENERATORS)}.")
     if params["per_class"] < 0 or params["epochs"] < 0 or params["steps"] < 0:
         raise InputError("--per-class, --epochs and --steps count things and must be 0 (the default) or more.")
-    target_folder = _check_target_data(params)  # before the real data is scanned, which can take a while
+    target_folder = check_target_data(params)  # before the real data is scanned, which can take a while
     if params["quality_backbone"] not in QUALITY_BACKBONES:
         raise InputError(f"--quality-backbone {params['quality_backbone']!r} is not known; choose {' or '.join(QUALITY_BACKBONES)}.")
     if params["quality"] and params["quality_backbone"] == "inception":
@@ -212,7 +212,7 @@ class Target:
     target_folder: object = None  # cyclegan: the target-domain images (a manifest of the --target-data folder)
 
 
-def _check_target_data(params: dict):
+def check_target_data(params: dict):
     """cyclegan's --target-data, scanned and checked (a manifest of its images), or None for the other generators."""
     from pathlib import Path
 

@@ -52,6 +52,7 @@ PRESETS = {
     256: dict(base_channels=8, epochs=8, batch_size=2),
 }
 PAPER_BLOCKS_UP_TO_128, PAPER_BLOCKS_ABOVE = 6, 9
+CRITIC_MIN_SIDE = 32  # images below this are replicate-padded for the discriminators (their 4th layer needs a 2 x 2 map)
 
 
 def defaults_for(height: int, width: int) -> dict:
@@ -227,7 +228,11 @@ def train(source_uint8: torch.Tensor, target_uint8: torch.Tensor, *, hyper: dict
     target_order = torch.cat([torch.randperm(len(target_uint8), generator=draws) for _ in range(passes)]).to(device)
     targets = target_uint8.to(device)
     cycle_weight, identity_weight = float(hyper["cycle_weight"]), float(hyper["identity_weight"])
+    critic_h, critic_w = max(height, CRITIC_MIN_SIDE), max(width, CRITIC_MIN_SIDE)
     step_index = 0
+
+    def critic(domain: str, images: torch.Tensor) -> torch.Tensor:
+        return discriminators[domain](pad_to(images, critic_h, critic_w))
 
     def least_squares(scores: torch.Tensor, real: bool) -> torch.Tensor:
         return F.mse_loss(scores.float(), torch.full_like(scores.float(), 1.0 if real else 0.0))
@@ -242,7 +247,7 @@ def train(source_uint8: torch.Tensor, target_uint8: torch.Tensor, *, hyper: dict
         discriminators.requires_grad_(False)
         with autocast(device):  # bf16 forward on a capable GPU; losses in float32 (models/device.py)
             fake_target, fake_source = model.to_target(source), model.to_source(target)
-            loss_adversarial = least_squares(discriminators["target"](fake_target), True) + least_squares(discriminators["source"](fake_source), True)
+            loss_adversarial = least_squares(critic("target", fake_target), True) + least_squares(critic("source", fake_source), True)
             loss_cycle = F.l1_loss(model.to_source(fake_target).float(), source) + F.l1_loss(model.to_target(fake_source).float(), target)
             loss_identity = (F.l1_loss(model.to_target(target).float(), target) + F.l1_loss(model.to_source(source).float(), source)) if identity_weight else torch.zeros((), device=device)
             loss_g = loss_adversarial + cycle_weight * loss_cycle + identity_weight * loss_identity
@@ -253,8 +258,7 @@ def train(source_uint8: torch.Tensor, target_uint8: torch.Tensor, *, hyper: dict
         losses_d = {}
         with autocast(device):
             for domain, real, fake in (("target", target, fake_target), ("source", source, fake_source)):
-                critic = discriminators[domain]
-                losses_d[domain] = 0.5 * (least_squares(critic(real), True) + least_squares(critic(pools[domain](fake)), False))
+                losses_d[domain] = 0.5 * (least_squares(critic(domain, real), True) + least_squares(critic(domain, pools[domain](fake)), False))
         optimizer_d.zero_grad(set_to_none=True)
         (losses_d["target"] + losses_d["source"]).backward()
         optimizer_d.step()
