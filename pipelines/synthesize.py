@@ -15,7 +15,8 @@ train images into new ones (each output records its source image).
 `cyclegan` trains a CycleGAN between the real train split (all classes) and
 --target-data, a folder of unlabelled target-domain images, and writes a
 translated copy of each real train image (its label kept, its source image
-recorded); see models/generators/cyclegan.py for its settings.
+recorded, and samples/before_after.png shows real images above their
+translations); see models/generators/cyclegan.py for its settings.
 
 Images are written as `images/<class>/<index>.png` (JPEG if the real images
 are JPEG) at the real images' size and colour mode, with `dataset/manifest.csv`
