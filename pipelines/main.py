@@ -220,6 +220,10 @@ def _is_translation(params: dict) -> bool:
     from pipelines._cli import optional
     from tracking.runs import get_run
 
+    if optional(params["target_data"]) and (optional(params["synthetic_run"]) or optional(params["synthetic_data"])):
+        from imaging.errors import InputError
+
+        raise InputError("--target-data is for synthesizing with --generator cyclegan; with --synthetic-run or --synthetic-data, leave it out.")
     if optional(params["synthetic_run"]):
         return get_run(params["synthetic_run"], "synthetic_run").data.tags.get("synthmix.generator") == "cyclegan"
     if optional(params["synthetic_data"]):

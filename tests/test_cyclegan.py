@@ -167,6 +167,8 @@ def test_a_study_of_a_cyclegan_run_compares_source_translated_and_both(domains, 
         main({"data": str(photos), "synthetic_run": synthesis.run_id, "ratios": "0,0.5"})
     with pytest.raises(InputError, match="--generator cyclegan needs --target-data"):
         main({"data": str(photos), "generator": "cyclegan"})
+    with pytest.raises(InputError, match="--target-data is for synthesizing"):
+        main({"data": str(photos), "synthetic_run": synthesis.run_id, "target_data": str(snowy)})
     facts = main({"data": str(photos), "synthetic_run": synthesis.run_id, "model": "smallcnn", "epochs": 1, "batch_size": 16, "seeds": "1",
                   "corruptions": "", "saliency": 0, "registered_model": "none", "device": "cpu"})
     results = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=facts["run_id"], artifact_path="results.csv"))
