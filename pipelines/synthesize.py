@@ -281,10 +281,10 @@ def _check_generator_run(params: dict, classes: list[str]) -> str | None:
 # stage option -> (generator kinds it applies to, the generator's hyperparameter); its "unset" value
 GENERATOR_OPTIONS = {
     "epochs": (TRAINED, "epochs"), "batch_size": (TRAINED, "batch_size"), "lr": (TRAINED, "lr"),
-    "base_channels": (("dcgan", "vae"), "base_channels"), "latent_dim": (("dcgan", "vae"), "latent_dim"),
+    "base_channels": (("dcgan", "vae", "cyclegan"), "base_channels"), "latent_dim": (("dcgan", "vae"), "latent_dim"),
     "block_channels": (("ddpm",), "block_channels"), "upsample": (("dcgan",), "upsample"),
     "diff_augment": (("dcgan",), "augment"), "spectral_norm": (("dcgan",), "spectral_norm"), "ema_decay": (("dcgan", "ddpm"), "ema_decay"),
-    "base_channels": (("dcgan", "vae", "cyclegan"), "base_channels"), "blocks": (("cyclegan",), "blocks"), "cycle_weight": (("cyclegan",), "cycle_weight"),
+    "blocks": (("cyclegan",), "blocks"), "cycle_weight": (("cyclegan",), "cycle_weight"),
     "identity_weight": (("cyclegan",), "identity_weight"), "pool_size": (("cyclegan",), "pool_size"),
 }
 
