@@ -38,6 +38,13 @@ the paired difference to the real-only cell (same augment and seed); a one-
 sentence headline (the run's description); report.html (self-contained),
 summary.csv / summary.md, figures/*.png, and study/... metrics for the UI's
 chart view. Models are chosen on validation data; the test split is reported.
+
+With --generator cyclegan (and --target-data) or --synthetic-run of a cyclegan
+synthesis, the synthetic fractions are three arms instead of --ratios: source
+(0: the real images only), both (0.5 with mix --mode add: every real image plus
+its translation) and translated (1: every real image replaced by its
+translation). Each cell's row and runs carry the arm (column `arm`, tag
+synthmix.arm).
 """
 from __future__ import annotations
 
@@ -53,7 +60,7 @@ from pipelines._cli import DEVICE, data_params, defaults, option, pick, stage_co
 
 PARAMS = [
     *data_params(),
-    *pick(synthesize_stage.PARAMS, "generator"),
+    *pick(synthesize_stage.PARAMS, "generator", "target_data"),
     *pick(mix_stage.PARAMS, "synthetic_run", "synthetic_data"),
     option("ratios", "0,0.5,0.6,0.7,0.8", "Synthetic fractions of the training set to compare (comma-separated, 0 = real only, which every cell is compared with; 0.6 = synthetic:real 6:4)."),
     option("augments", "none", "Training arms, comma-separated: none, or kind:severity:probability (e.g. none,salt_pepper:3:0.5 adds a corruption-trained arm to every ratio); several corruptions in one arm are joined with +."),
@@ -78,6 +85,8 @@ PARAMS = [
 ]
 DEFAULTS = defaults(PARAMS)
 NOT_HASHED = ("device", "checkpoint_every", "registered_model", "storage", "max_seeds")  # max_seeds: raising it continues the same study
+# a cyclegan study's arms: synthetic fraction -> (arm, mix mode); 0.5 in mode add is every real image plus its translation
+TRANSLATION_ARMS = {0.0: ("source", "replace"), 0.5: ("both", "add"), 1.0: ("translated", "replace")}
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -168,6 +177,7 @@ class Plan:
     study: str = ""
     champion: str = ""
     max_seeds: int = 0  # --seeds auto: the most seeds per cell (0: the fixed seeds above)
+    arms: dict = field(default_factory=dict)  # a cyclegan study: ratio -> (arm, mix mode), TRANSLATION_ARMS; empty otherwise
     looks: list = field(default_factory=list)  # --seeds auto: one row per target and look (tracking.statistics.look_rows)
 
     @property
@@ -182,19 +192,44 @@ def _plan(params: dict, load_manifest) -> tuple[Plan, object]:
     from pipelines._cli import optional
     from tracking.lineage import check_synthetic
 
-    ratios, augments = parse_ratios(params["ratios"]), parse_augments(params["augments"])
+    translation = _is_translation(params)
+    if translation and str(params["ratios"]) != DEFAULTS["ratios"]:
+        from imaging.errors import InputError
+
+        raise InputError("--ratios does not apply to a cyclegan study: its arms are source (0), both (0.5: all real images plus their translations) and translated (1); leave --ratios out.")
+    ratios = list(TRANSLATION_ARMS) if translation else parse_ratios(params["ratios"])
+    augments = parse_augments(params["augments"])
     max_seeds = parse_max_seeds(params["seeds"], params["max_seeds"], augments)
     seeds = list(range(3)) if max_seeds else parse_seeds(params["seeds"])  # auto: every cell starts with seeds 0, 1, 2
     kinds, _ = parse_kinds(params["corruptions"]), parse_severities(params["severities"])
     check_model_name(params["model"])  # before any run, not inside the first cell
     check_synthetic(params, needed=any(r > 0 for r in ratios))
-    plan = Plan(ratios, augments, seeds, kinds, optional(params["synthetic_run"]), optional(params["synthetic_data"]), optional(params["storage"]), max_seeds=max_seeds)
+    plan = Plan(ratios, augments, seeds, kinds, optional(params["synthetic_run"]), optional(params["synthetic_data"]), optional(params["storage"]), max_seeds=max_seeds,
+                arms=dict(TRANSLATION_ARMS) if translation else {})
     manifest = load_manifest()  # scanned once the options are known to be good
     if not (plan.synthetic_run or plan.synthetic_data):
         _check_per_class(params["per_class"], manifest, ratios)
     source = plan.synthetic_run or plan.synthetic_data or params["generator"]
     plan.study = params["study"] or f"{manifest.name}-{params['model']}-{source if not plan.synthetic_run else 'run-' + plan.synthetic_run[:8]}".replace("/", "_")
     return plan, manifest
+
+
+def _is_translation(params: dict) -> bool:
+    """Whether the study's synthetic images are cyclegan translations (--generator cyclegan, or a cyclegan --synthetic-run);
+    --target-data is checked here, before any run."""
+    from pipelines._cli import optional
+    from tracking.runs import get_run
+
+    if optional(params["target_data"]) and (optional(params["synthetic_run"]) or optional(params["synthetic_data"])):
+        from imaging.errors import InputError
+
+        raise InputError("--target-data is for synthesizing with --generator cyclegan; with --synthetic-run or --synthetic-data, leave it out.")
+    if optional(params["synthetic_run"]):
+        return get_run(params["synthetic_run"], "synthetic_run").data.tags.get("synthmix.generator") == "cyclegan"
+    if optional(params["synthetic_data"]):
+        return False
+    synthesize_stage.check_target_data({**synthesize_stage.DEFAULTS, **{k: params[k] for k in ("generator", "target_data", "skip_bad_images", "max_pixels")}})
+    return params["generator"] == "cyclegan"
 
 
 def _check_per_class(per_class: int, manifest, ratios: list[float]) -> None:
@@ -409,12 +444,15 @@ def _cell(params: dict, plan: Plan, steps: Steps, source: dict, seed: int, augme
     from pipelines._cli import DATA_KEYS, passed_on
 
     cell = {"ratio": ratio, "augment": arm_name(augment), "seed": seed}
-    label = f"r{ratio:g}-{arm_name(augment)}-s{seed}"
+    translation_arm, mode = plan.arms.get(ratio, ("", "replace"))
+    if translation_arm:
+        cell["arm"] = translation_arm  # a cyclegan study: source, both or translated
+    label = f"r{ratio:g}-{arm_name(augment)}-s{seed}" if not translation_arm else f"{translation_arm}-{arm_name(augment)}-s{seed}"
     first = seed == plan.seeds[0]  # pictures (Grad-CAM panels, misclassified images) for the first seed of each cell
     try:
         data = {key: params[key] for key in DATA_KEYS}
         if ratio > 0:
-            mixed = steps("mix", mix_stage.mix, {**data, **source, "ratio": ratio, "seed": seed}, cell, f"{plan.study}-mix-{label}")
+            mixed = steps("mix", mix_stage.mix, {**data, **source, "ratio": ratio, "mode": mode, "seed": seed}, cell, f"{plan.study}-mix-{label}")
             data = {"dataset_run": mixed.run_id, "data": params["data"]}
         trained = steps("train", train_stage.train, passed_on(PARAMS, params, train_stage.PARAMS, **data, augment=augment, seed=seed), cell, f"{plan.study}-train-{label}")
         evaluated = steps("evaluate", evaluate_stage.evaluate, passed_on(

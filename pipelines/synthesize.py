@@ -4,6 +4,7 @@
     python -m pipelines synthesize --data ./cars --generator stable-diffusion --model-id ./sd-folder \\
         --prompt "A photorealistic photograph of a {label}, natural lighting"
     python -m pipelines synthesize --data ./streets --generator img2img --model-id ./sd-folder --prompt "{label} in heavy snow"
+    python -m pipelines synthesize --data ./streets --generator cyclegan --target-data ./snowy-streets
 
 Generators: `dcgan`, `vae`, `ddpm` are class-conditional models trained here on
 the real *train* split only (their curves `gen/*` per epoch and the checkpoint
@@ -11,6 +12,11 @@ the real *train* split only (their curves `gen/*` per epoch and the checkpoint
 run's generator without retraining). `stable-diffusion` is a pretrained
 diffusers text-to-image pipeline, one prompt per class; `img2img` turns real
 train images into new ones (each output records its source image).
+`cyclegan` trains a CycleGAN between the real train split (all classes) and
+--target-data, a folder of unlabelled target-domain images, and writes a
+translated copy of each real train image (its label kept, its source image
+recorded, and samples/before_after.png shows real images above their
+translations); see models/generators/cyclegan.py for its settings.
 
 Images are written as `images/<class>/<index>.png` (JPEG if the real images
 are JPEG) at the real images' size and colour mode, with `dataset/manifest.csv`
@@ -37,25 +43,32 @@ import click
 
 from pipelines._cli import DEVICE, data_params, defaults, option, optional, stage_command
 
-GENERATORS = ("dcgan", "vae", "ddpm", "stable-diffusion", "img2img")
-TRAINED = ("dcgan", "vae", "ddpm")  # trained here on the real train split; the others are pretrained pipelines
+GENERATORS = ("dcgan", "vae", "ddpm", "cyclegan", "stable-diffusion", "img2img")
+TRAINED = ("dcgan", "vae", "ddpm", "cyclegan")  # trained here on the real train split; the others are pretrained pipelines
 QUALITY_BACKBONES = ("classifier", "inception")  # what FID and IS are read from
 DEFAULT_PROMPT = "A photorealistic, highly detailed 8K photograph of a {label} in various settings and poses, natural lighting, sharp focus"
 PARAMS = [
     *data_params(help_suffix=" Generators are trained on (and img2img starts from) its train split only."),
-    option("generator", "vae", "dcgan, vae, ddpm: trained here on the real train split; stable-diffusion: pretrained text-to-image; img2img: pretrained image-to-image over the real train images.", click.Choice(GENERATORS)),
-    option("per_class", 0, "Synthetic images per class; 0 = as many as the largest real train class.", click.IntRange(0)),
+    option("generator", "vae", "dcgan, vae, ddpm: trained here on the real train split; cyclegan: translates the real train images to --target-data's domain; stable-diffusion: pretrained text-to-image; img2img: pretrained image-to-image over the real train images.", click.Choice(GENERATORS)),
+    option("per_class", 0, "Synthetic images per class; 0 = as many as the largest real train class (cyclegan: real train images translated per class, at most; 0 = all).", click.IntRange(0)),
+    option("target_data", "", "cyclegan: folder of unlabelled target-domain images (png/jpg, flat or in sub-folders), e.g. snowy photos; each is converted to the real images' colour mode "
+           "and size (a non-square image is centre-cropped to a square first, not stretched)."),
     option("generator_run", "", "Sample from the generator trained by this earlier synthesize run instead of training a new one."),
     option("epochs", 0, "Generator training epochs; 0 = the generator's default.", click.IntRange(0)),
     option("batch_size", 0, "Generator training batch size; 0 = the generator's default.", click.IntRange(0)),
-    option("lr", 0.0, "Generator learning rate; 0 = the generator's default.", click.FloatRange(0)),
-    option("base_channels", 0, "dcgan, vae: channels of the full-resolution conv stage, doubled per halving of the side (up to 256); 0 = by image size (dcgan 32/16/8, vae 32/16/8 at 32/64/128 px).", click.IntRange(0)),
+    option("lr", 0.0, "Generator learning rate; 0 = the generator's default (cyclegan: the paper's Adam 2e-4, beta1 0.5, constant for the first half of the steps, then linearly to 0).", click.FloatRange(0)),
+    option("base_channels", 0, "dcgan, vae: channels of the full-resolution conv stage, doubled per halving of the side (up to 256); cyclegan: channels of the generators' and discriminators' first conv "
+           "(the paper's 64); 0 = by image size (dcgan 32/16/8, vae 32/16/8 at 32/64/128 px; cyclegan 16/16/8 at 32/64/128 px, 8 above).", click.IntRange(0)),
     option("latent_dim", 0, "dcgan, vae: size of the noise vector z; 0 = the generator's default (dcgan 64; vae 16/64/128 at 32/64/128 px).", click.IntRange(0)),
     option("block_channels", "", "ddpm: channels of each UNet level, comma-separated, one level per entry (each but the last halves the map); empty = by image size (16,32,32 at 32 px; 16,32,64,64 at 64 px; 16,32,32,64,64 at 128 px)."),
     option("upsample", "auto", "dcgan: resize (nearest x2 then a 3x3 conv: no checkerboard) or transposed (the DCGAN paper's 4x4 stride-2 transposed conv); auto = resize.", click.Choice(["auto", "resize", "transposed"])),
     option("diff_augment", "auto", "dcgan: DiffAugment policies applied to real and generated images before the discriminator, comma-separated from color, translation, cutout; none = off; auto = all three.", str),
     option("spectral_norm", True, "dcgan: spectral normalisation of the discriminator's layers.", bool),
     option("ema_decay", 0.0, "dcgan, ddpm: decay of the exponential moving average of the generator's weights that samples (per training step); 0 = the generator's default (dcgan 0.999, ddpm 0.995).", click.FloatRange(0, 1, max_open=True)),
+    option("blocks", 0, "cyclegan: residual blocks of each generator; 0 = the paper's: 6 up to 128 px, 9 above.", click.IntRange(0)),
+    option("cycle_weight", 10.0, "cyclegan: weight of the L1 cycle-consistency loss (lambda; the paper's 10).", click.FloatRange(0)),
+    option("identity_weight", 5.0, "cyclegan: weight of the L1 identity loss (the paper's 0.5 x lambda = 5); 0 = off.", click.FloatRange(0)),
+    option("pool_size", 50, "cyclegan: generated images kept for each discriminator, shown in place of new ones half the time (the paper's 50); 0 = no pool.", click.IntRange(0)),
     option("steps", 0, "Sampling steps: ddpm's few-step sampler (1000 = full DDPM) or Stable Diffusion's inference steps; 0 = default (25 for Stable Diffusion).", click.IntRange(0)),
     option("model_id", "", "Stable Diffusion: a local folder saved with save_pretrained, or a hub id already in the local cache."),
     option("prompt", DEFAULT_PROMPT, "Prompt template; {label} becomes the class name."),
@@ -144,6 +157,7 @@ def synthesize(params: dict, *, nested: bool = False, run_name: str | None = Non
         raise InputError(f"--generator {kind!r} is not known; choose one of {', '.join(GENERATORS)}.")
     if params["per_class"] < 0 or params["epochs"] < 0 or params["steps"] < 0:
         raise InputError("--per-class, --epochs and --steps count things and must be 0 (the default) or more.")
+    target_folder = check_target_data(params)  # before the real data is scanned, which can take a while
     if params["quality_backbone"] not in QUALITY_BACKBONES:
         raise InputError(f"--quality-backbone {params['quality_backbone']!r} is not known; choose {' or '.join(QUALITY_BACKBONES)}.")
     if params["quality"] and params["quality_backbone"] == "inception":
@@ -159,13 +173,15 @@ def synthesize(params: dict, *, nested: bool = False, run_name: str | None = Non
     generator_options(params)  # before any run: an option the generator does not take is an error
     generator_run = _check_generator_run(params, classes) if kind in TRAINED else None
     prompts = {} if kind in TRAINED else _check_pipeline(params, classes)
-    target = Target(manifest, train_rows, manifest.split("test"), classes, channels, size, image_format, per_class, prompts, generator_run)
+    target = Target(manifest, train_rows, manifest.split("test"), classes, channels, size, image_format, per_class, prompts, generator_run, target_folder)
     logged = {**params, "generator_run": generator_run or "", "per_class": per_class, "classes": ",".join(classes)}
-    key = cache_key("synthesize", logged, NOT_HASHED, train_digest=train_rows.digest, test_digest=target.test_rows.digest)
+    translation = {"target_digest": target_folder.digest} if target_folder is not None else {}  # another target folder: another run
+    key = cache_key("synthesize", logged, NOT_HASHED, train_digest=train_rows.digest, test_digest=target.test_rows.digest, **translation)
     return get_or_run(
         "synthesize", key, load=lambda: _load_sources(params, target), work=lambda run, source: _synthesize(run, params, target, source),
         run_name=run_name or f"synthesize-{kind}-{manifest.name}-s{params['seed']}", params=logged,
-        tags={"synthmix.generator": kind, **(tags or {})}, nested=nested, reuse=reuse,
+        tags={"synthmix.generator": kind, **({"synthmix.target_digest": target_folder.digest} if target_folder is not None else {}), **(tags or {})},
+        nested=nested, reuse=reuse,
     )
 
 
@@ -194,6 +210,56 @@ class Target:
     per_class: int
     prompts: dict  # class -> prompt (Stable Diffusion)
     generator_run: str | None  # the synthesize run whose generator is sampled (a pointer followed)
+    target_folder: object = None  # cyclegan: the target-domain images (a manifest of the --target-data folder)
+
+
+def check_target_data(params: dict):
+    """cyclegan's --target-data, scanned and checked (a manifest of its images), or None for the other generators."""
+    from pathlib import Path
+
+    from imaging.datasets import scan_flat_folder
+    from imaging.errors import InputError
+
+    folder = optional(params["target_data"])
+    if params["generator"] != "cyclegan":
+        if folder:
+            raise InputError(f"--target-data applies to cyclegan, not {params['generator']}; leave it out or pass --generator cyclegan.")
+        return None
+    if optional(params["generator_run"]):
+        if folder:
+            raise InputError("--target-data is not used with --generator-run (that run's translator learnt its own target domain); leave one of them out.")
+        return None
+    if not folder:
+        raise InputError("--generator cyclegan needs --target-data: a folder of unlabelled target-domain images (png/jpg), e.g. snowy photos.")
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise InputError(f"--target-data {root} is not a folder; pass a folder of target-domain images (png/jpg, flat or in sub-folders).")
+    try:
+        manifest, _ = scan_flat_folder(root, skip_bad_images=params["skip_bad_images"], max_pixels=params["max_pixels"], name=f"{root.name}-target")
+    except PermissionError as error:
+        raise InputError(f"--target-data {root} cannot be read ({error.strerror}); give this user read access to it.") from error
+    except InputError as error:
+        raise InputError(f"--target-data: {error}") from error
+    return manifest
+
+
+def _target_images(target: Target):
+    """The --target-data images as uint8 [N, C, H, W] in the real images' colour mode and size:
+    centre-cropped to a square (never stretched), then resized (Lanczos)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from imaging.images import open_image, to_array
+
+    arrays = []
+    for path in target.target_folder.local_paths():
+        image = open_image(path.read_bytes())
+        image = Image.fromarray(to_array(image, target.channels).squeeze(2) if target.channels == 1 else to_array(image, target.channels))
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        arrays.append(_to_real_format(image.crop((left, top, left + side, top + side)), target.channels, target.size))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def _check_generator_run(params: dict, classes: list[str]) -> str | None:
@@ -205,7 +271,7 @@ def _check_generator_run(params: dict, classes: list[str]) -> str | None:
         return None
     run = get_run(params["generator_run"], "generator_run")
     if not has_artifact(run.info.run_id, "generator/generator.pt"):
-        raise InputError(f"generator_run {run.info.run_id} has no generator/generator.pt; pass a synthesize run that trained a dcgan, vae or ddpm.")
+        raise InputError(f"generator_run {run.info.run_id} has no generator/generator.pt; pass a synthesize run that trained a dcgan, vae, ddpm or cyclegan.")
     trained_classes = run.data.params.get("classes", "")
     if trained_classes and trained_classes != ",".join(classes):
         raise InputError(f"generator_run {run.info.run_id} was trained on classes {trained_classes.split(',')}, but the data has {classes}; use the same data.")
@@ -215,9 +281,11 @@ def _check_generator_run(params: dict, classes: list[str]) -> str | None:
 # stage option -> (generator kinds it applies to, the generator's hyperparameter); its "unset" value
 GENERATOR_OPTIONS = {
     "epochs": (TRAINED, "epochs"), "batch_size": (TRAINED, "batch_size"), "lr": (TRAINED, "lr"),
-    "base_channels": (("dcgan", "vae"), "base_channels"), "latent_dim": (("dcgan", "vae"), "latent_dim"),
+    "base_channels": (("dcgan", "vae", "cyclegan"), "base_channels"), "latent_dim": (("dcgan", "vae"), "latent_dim"),
     "block_channels": (("ddpm",), "block_channels"), "upsample": (("dcgan",), "upsample"),
     "diff_augment": (("dcgan",), "augment"), "spectral_norm": (("dcgan",), "spectral_norm"), "ema_decay": (("dcgan", "ddpm"), "ema_decay"),
+    "blocks": (("cyclegan",), "blocks"), "cycle_weight": (("cyclegan",), "cycle_weight"),
+    "identity_weight": (("cyclegan",), "identity_weight"), "pool_size": (("cyclegan",), "pool_size"),
 }
 
 
@@ -310,7 +378,10 @@ def _synthesize(run, params: dict, target: Target, source):
     log_dataset(target.train_rows, {"generator_train": target.train_rows}, artifact=False)
     labels = torch.arange(len(target.classes)).repeat_interleave(target.per_class)
     with tempfile.TemporaryDirectory() as folder:
-        if params["generator"] in TRAINED:
+        if params["generator"] == "cyclegan":
+            generator = generator or _train_translator(params, target, device, Path(folder))
+            arrays, rows, labels = _translate(params, target, generator)
+        elif params["generator"] in TRAINED:
             generator = generator or _train_generator(params, target, device, Path(folder))
             arrays, rows = _sample_trained(params, target, generator, labels)
         else:
@@ -320,10 +391,12 @@ def _synthesize(run, params: dict, target: Target, source):
     synthetic = Manifest(pd.DataFrame(rows), target.manifest.root, f"{target.manifest.name}-{params['generator']}", target.classes)
     log_dataset(synthetic, {"synthetic": synthetic})
     _log_samples(params["generator"], target.classes, arrays, labels)
+    if params["generator"] == "cyclegan":
+        _log_before_after(target, rows, arrays)
     metrics = {"synth/images": len(rows), **(_quality(params, target, arrays, labels, device, backbone) if params["quality"] else {})}
     mlflow.log_metrics(metrics)
     summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "synth/images")
-    print(f"[synthmix] wrote {len(rows)} synthetic images ({target.per_class} per class)  {summary}", flush=True)
+    print(f"[synthmix] wrote {len(rows)} synthetic images ({'translated, at most ' if params['generator'] == 'cyclegan' else ''}{target.per_class} per class)  {summary}", flush=True)
     return metrics, {"manifest": synthetic}
 
 
@@ -346,6 +419,72 @@ def _train_generator(params: dict, target: Target, device, folder):
     mlflow.log_artifact(str(folder / "generator.pt"), "generator")
     mlflow.log_dict(generator.config, "generator/config.json")
     return generator
+
+
+def _train_translator(params: dict, target: Target, device, folder):
+    """Train a CycleGAN from the real train split (all classes) to the --target-data images; curves, checkpoint and config logged."""
+    import time
+
+    import mlflow
+
+    from imaging.batches import cached_tensors
+    from models.generators import cyclegan
+    from tracking.lineage import log_dataset
+
+    log_dataset(target.target_folder, {"generator_target": target.target_folder}, artifact=False)
+    images, _ = cached_tensors(target.train_rows, target.channels, target.size)
+    hyper = {**cyclegan.defaults_for(target.size, target.size), **generator_options(params)}  # the options set, over the preset for the size
+    started = time.perf_counter()
+    generator = cyclegan.train(images, _target_images(target), hyper=hyper, seed=params["seed"], device=device,
+                               on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
+    seconds = time.perf_counter() - started
+    mlflow.log_metrics({"perf/train_seconds": seconds, "perf/train_imgs_per_s": hyper["epochs"] * len(images) / seconds})
+    generator.save(folder / "generator.pt")
+    mlflow.log_artifact(str(folder / "generator.pt"), "generator")
+    mlflow.log_dict(generator.config, "generator/config.json")
+    return generator
+
+
+def _translate(params: dict, target: Target, translator):
+    """(arrays, manifest rows, label indices): the first --per-class real train images of each class, translated;
+    row i records its source image and the seed image_seed(seed, i)."""
+    import time
+
+    import mlflow
+    import numpy as np
+    import torch
+
+    from imaging.batches import cached_tensors
+    from models.generators import image_seed
+
+    images, labels = cached_tensors(target.train_rows, target.channels, target.size)
+    frame = target.train_rows.frame.reset_index(drop=True)
+    chosen = [index for label in target.classes for index in frame.index[frame["label"] == label][: target.per_class]]
+    started = time.perf_counter()
+    translated = translator.translate(images[chosen], progress=True)
+    mlflow.log_metric("perf/imgs_per_s", len(chosen) / (time.perf_counter() - started))
+    arrays = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()) for image in translated]
+    rows = [{"label": frame["label"][index], "seed": image_seed(params["seed"], i), "generator": "cyclegan", "prompt": "", "source_image": frame["path"][index]}
+            for i, index in enumerate(chosen)]
+    return arrays, rows, torch.as_tensor(labels)[chosen]
+
+
+def _log_before_after(target: Target, rows: list[dict], arrays: list) -> None:
+    """samples/before_after.png: per class, a row of real source images above a row of their translations."""
+    import numpy as np
+
+    from imaging.images import decode
+    from tracking.figures import class_rows_figure, log_figure
+
+    sources = dict(zip(target.train_rows.frame["path"], target.train_rows.local_paths()))
+    picture_rows, names = [], []
+    for label in target.classes:
+        picked = [i for i, row in enumerate(rows) if row["label"] == label][:8]
+        if not picked:
+            continue
+        picture_rows += [np.stack([decode(sources[rows[i]["source_image"]].read_bytes(), target.channels, target.size) for i in picked]), np.stack([arrays[i] for i in picked])]
+        names += [f"{label} (real)", f"{label} (translated)"]
+    log_figure(class_rows_figure(picture_rows, names, "cyclegan: real train images (above) and their translations (below)"), "samples/before_after.png")
 
 
 def _sample_trained(params: dict, target: Target, generator, labels):

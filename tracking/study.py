@@ -129,6 +129,9 @@ def answer(run, params: dict, results: pd.DataFrame, steps: pd.DataFrame, plan: 
         sequential = _sequential(plan, results, params["tolerance"], out)
         if cells_ok:
             summary = summarise(results, metrics, confidence=look_confidence(plan["max_seeds"]) if sequential else 0.95)
+            if "arm" in results:  # a cyclegan study: each synthetic fraction is an arm (source, both, translated)
+                arms = dict(zip(results["ratio"].astype(float).round(6), results["arm"]))
+                summary.insert(2, "arm", summary["ratio"].astype(float).round(6).map(arms))
             facts["answer"] = headline_facts(summary, params["tolerance"]) | ({"sequential": sequential["facts"]} if sequential else {})
             sentence = headline_from_facts(facts["answer"])
             summary.to_csv(out / "summary.csv", index=False)

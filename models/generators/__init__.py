@@ -6,6 +6,10 @@ labels [N] in 0..K-1): `dcgan`, `vae`, `ddpm`, one module each. All share
 [N, C, H, W] on the CPU, image i reproducible from (seed, i) (see `base`), and
 `save(path)` / `load_generator(path)`: one file that rebuilds the model.
 
+`cyclegan` (one module) is a translator, not a class-conditional generator:
+`train(source, target, ...)` and `translate(images_uint8, batch_size)`; it
+saves in the same checkpoint format, so `load_generator` rebuilds it too.
+
 Pretrained Stable Diffusion (text-to-image and image-to-image) lives in
 `models.generators.diffusion`.
 
@@ -21,6 +25,7 @@ import torch
 from models.generators.base import EpochCallback, TrainedGenerator, check_training_data, image_seed
 
 GENERATORS_TRAINED = ("dcgan", "vae", "ddpm")
+TRANSLATORS = ("cyclegan",)  # trained here between two domains; models.generators.cyclegan
 # Meets the mnist5k goal (train <= 3 min on 2 CPU cores, CAS >= 0.80) with the
 # best CAS of the three; see benchmarks/synthesis.py for the numbers.
 DEFAULT_GENERATOR = "vae"
@@ -28,6 +33,7 @@ DEFAULT_GENERATOR = "vae"
 __all__ = [
     "DEFAULT_GENERATOR",
     "GENERATORS_TRAINED",
+    "TRANSLATORS",
     "TrainedGenerator",
     "default_hyperparameters",
     "image_seed",
@@ -37,8 +43,8 @@ __all__ = [
 
 
 def _module(kind: str):
-    if kind not in GENERATORS_TRAINED:
-        raise ValueError(f"unknown generator kind {kind!r}; choose one of {', '.join(GENERATORS_TRAINED)}")
+    if kind not in GENERATORS_TRAINED + TRANSLATORS:
+        raise ValueError(f"unknown generator kind {kind!r}; choose one of {', '.join(GENERATORS_TRAINED + TRANSLATORS)}")
     return importlib.import_module(f"models.generators.{kind}")
 
 
@@ -71,6 +77,8 @@ def train_generator(
     `on_epoch(epoch, metrics)` gets the epoch's mean losses, named `gen/...`.
     `options` override architecture defaults (e.g. `width`, `latent_dim`).
     """
+    if kind in TRANSLATORS:
+        raise ValueError(f"{kind} translates between two image sets; train it with models.generators.{kind}.train")
     module = _module(kind)
     hyper = default_hyperparameters(kind, *images_uint8.shape[-2:])
     unknown = set(options) - set(hyper)

@@ -1,0 +1,272 @@
+"""CycleGAN (Zhu et al. 2017): unpaired image-to-image translation from a source
+domain (the real train images, all classes) to a target domain (a folder of
+unlabelled images, e.g. snowy photos).
+
+G: source -> target and F: target -> source are ResNet-block generators
+(Johnson et al. 2016): c7s1-k, two stride-2 downsampling convs (2k, 4k),
+`blocks` residual blocks at 4k, two upsampling transposed convs, c7s1-C, tanh;
+InstanceNorm and ReLU, reflection padding. Two 70 x 70 PatchGAN discriminators
+(C k, 2k, 4k, 8k; 4 x 4 convs, strides 2, 2, 2, 1; LeakyReLU 0.2; no norm on the
+first). Least-squares GAN loss, cycle loss (L1) weight 10, identity loss (L1)
+weight 5, a pool of the last 50 generated images for each discriminator, Adam
+at 2e-4 with beta1 = 0.5, the learning rate constant for the first half of the
+steps and decayed linearly to 0 over the second half. These are the paper's
+settings; `blocks` follows it too (6 up to 128 px, 9 above). What is not the
+paper's: the width `base_channels` (64 in the paper) and the epochs are small
+presets by image size (`PRESETS`) so a few hundred images train on 2 CPU cores
+in minutes, and batches of several images (the paper: 1).
+
+`translate(images_uint8)` -> uint8 [N, C, H, W] on the CPU (deterministic: no
+noise). The checkpoint (`save`, `models.generators.load_generator`) holds both
+generators and the config that rebuilds them; the discriminators are dropped.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.device import autocast
+from models.generators.base import crop_to, pad_to, preset_for, to_uint8, to_unit_range, train_loop
+
+kind = "cyclegan"
+DEFAULTS = dict(
+    epochs=10,  # passes over the source images
+    batch_size=8,  # the paper: 1 (InstanceNorm makes each image's statistics its own either way)
+    lr=2e-4,  # Adam, both networks (the paper's)
+    beta1=0.5,  # Adam's first-moment decay (the paper's)
+    blocks=6,  # residual blocks: 6 up to 128 px, 9 above (the paper's); set by `defaults_for`
+    base_channels=64,  # width of the first conv of G and D (the paper's 64); doubled per down-sampling
+    cycle_weight=10.0,  # lambda of the L1 cycle loss (the paper's)
+    identity_weight=5.0,  # weight of the L1 identity loss: 0.5 x lambda (the paper's)
+    pool_size=50,  # generated images each discriminator is shown from the past (the paper's)
+)
+# by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
+PRESETS = {
+    32: dict(base_channels=16, epochs=10, batch_size=8),
+    64: dict(base_channels=16, epochs=10, batch_size=8),
+    128: dict(base_channels=8, epochs=8, batch_size=4),
+    256: dict(base_channels=8, epochs=8, batch_size=2),
+}
+PAPER_BLOCKS_UP_TO_128, PAPER_BLOCKS_ABOVE = 6, 9
+CRITIC_MIN_SIDE = 32  # images below this are replicate-padded for the discriminators (their 4th layer needs a 2 x 2 map)
+
+
+def defaults_for(height: int, width: int) -> dict:
+    hyper = preset_for(DEFAULTS, PRESETS, height, width)
+    hyper["blocks"] = PAPER_BLOCKS_UP_TO_128 if max(height, width) <= 128 else PAPER_BLOCKS_ABOVE
+    return hyper
+
+
+def lr_factor(step: int, total_steps: int) -> float:
+    """The paper's schedule: 1 for the first half of training, then linearly to 0 at the last step."""
+    half = total_steps / 2
+    if step < half or total_steps <= 1:
+        return 1.0
+    return max(0.0, (total_steps - 1 - step) / max(total_steps - 1 - half, 1e-9))
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+        )
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+def resnet_generator(channels: int, width: int, blocks: int) -> nn.Sequential:
+    """c7s1-w, d2w, d4w, R4w x blocks, u2w, uw, c7s1-C, tanh (Johnson et al.'s layout, as the paper's)."""
+    layers = [nn.ReflectionPad2d(3), nn.Conv2d(channels, width, 7), nn.InstanceNorm2d(width), nn.ReLU(True)]
+    for factor in (1, 2):
+        layers += [nn.Conv2d(width * factor, width * factor * 2, 3, 2, 1), nn.InstanceNorm2d(width * factor * 2), nn.ReLU(True)]
+    layers += [ResidualBlock(width * 4) for _ in range(blocks)]
+    for factor in (4, 2):
+        layers += [nn.ConvTranspose2d(width * factor, width * factor // 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(width * factor // 2), nn.ReLU(True)]
+    layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, channels, 7), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def patch_discriminator(channels: int, width: int) -> nn.Sequential:
+    """The 70 x 70 PatchGAN: C w (no norm), C 2w, C 4w (stride 2), C 8w (stride 1), then a 1-channel map."""
+    layers = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+    previous = width
+    for factor, stride in ((2, 2), (4, 2), (8, 1)):
+        layers += [nn.Conv2d(previous, width * factor, 4, stride, 1), nn.InstanceNorm2d(width * factor), nn.LeakyReLU(0.2, True)]
+        previous = width * factor
+    layers += [nn.Conv2d(previous, 1, 4, 1, 1)]
+    return nn.Sequential(*layers)
+
+
+def _init_weights(module: nn.Module) -> None:
+    """The paper's code: convolution weights from N(0, 0.02), biases 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class CycleGAN(nn.Module):
+    """Both generators of a trained CycleGAN; `translate` maps source images into the target domain."""
+
+    kind = kind
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = dict(config)
+        self.channels = int(config["image_channels"])
+        self.height, self.width = int(config["image_height"]), int(config["image_width"])
+        self.pad_h, self.pad_w = -(-self.height // 4) * 4, -(-self.width // 4) * 4  # two stride-2 stages
+        self.source_to_target = resnet_generator(self.channels, int(config["base_channels"]), int(config["blocks"]))
+        self.target_to_source = resnet_generator(self.channels, int(config["base_channels"]), int(config["blocks"]))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _run(self, network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return crop_to(network(pad_to(x, self.pad_h, self.pad_w)), self.height, self.width)
+
+    def to_target(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self.source_to_target, x)
+
+    def to_source(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self.target_to_source, x)
+
+    @torch.no_grad()
+    def translate(self, images_uint8: torch.Tensor, batch_size: int = 64, progress: bool = False, to: str = "target") -> torch.Tensor:
+        """uint8 [N, C, H, W] -> their translations, uint8 [N, C, H, W] on the CPU (`to="source"`: back)."""
+        from tqdm.auto import tqdm
+
+        if images_uint8.dtype != torch.uint8 or tuple(images_uint8.shape[1:]) != (self.channels, self.height, self.width):
+            raise ValueError(f"translate takes uint8 [N, {self.channels}, {self.height}, {self.width}], got {images_uint8.dtype} {tuple(images_uint8.shape)}")
+        network = self.to_target if to == "target" else self.to_source
+        was_training = self.training
+        self.eval()
+        out = torch.empty_like(images_uint8, device="cpu")
+        try:
+            for start in tqdm(range(0, len(images_uint8), batch_size), desc="translate cyclegan", unit="batch", disable=not progress, leave=False):
+                batch = to_unit_range(images_uint8[start : start + batch_size].to(self.device))
+                with autocast(self.device):
+                    translated = network(pad_to(batch, self.pad_h, self.pad_w))
+                out[start : start + len(batch)] = to_uint8(crop_to(translated.float(), self.height, self.width))
+        finally:
+            self.train(was_training)
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """One file in the project's generator checkpoint format (`models.generators.load_generator`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().cpu() for name, tensor in self.state_dict().items()}
+        torch.save({"format": "synthmix-generator/1", "kind": self.kind, "config": self.config, "state_dict": state}, path)
+        return path
+
+
+def build(config: dict) -> CycleGAN:
+    return CycleGAN({**DEFAULTS, **config})
+
+
+class ImagePool:
+    """Shrivastava et al.'s history of generated images, as the paper's: while not full, each new image is
+    kept and shown; then each is, with probability 1/2, swapped for (and shown instead of) a random stored one.
+    The draws come from a CPU generator; the images stay on their device."""
+
+    def __init__(self, size: int, generator: torch.Generator):
+        self.size, self.generator, self.images = size, generator, []
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return batch
+        shown = []
+        for image in batch.detach():
+            if len(self.images) < self.size:
+                self.images.append(image)
+                shown.append(image)
+            elif torch.rand((), generator=self.generator).item() < 0.5:
+                slot = int(torch.randint(len(self.images), (), generator=self.generator))
+                shown.append(self.images[slot])
+                self.images[slot] = image
+            else:
+                shown.append(image)
+        return torch.stack(shown)
+
+
+def train(source_uint8: torch.Tensor, target_uint8: torch.Tensor, *, hyper: dict, seed: int, device, on_epoch=None, progress: bool = True) -> CycleGAN:
+    """A CycleGAN between two uint8 [N, C, H, W] image sets of one size and colour mode (`hyper`: `defaults_for`'s keys)."""
+    if source_uint8.dtype != torch.uint8 or target_uint8.dtype != torch.uint8 or source_uint8.shape[1:] != target_uint8.shape[1:]:
+        raise ValueError(f"source and target must be uint8 [N, C, H, W] of one shape, got {tuple(source_uint8.shape)} and {tuple(target_uint8.shape)}")
+    if len(source_uint8) == 0 or len(target_uint8) == 0:
+        raise ValueError("source and target need at least one image each")
+    device = torch.device(device)
+    _, channels, height, width = source_uint8.shape
+    config = {**hyper, "image_channels": channels, "image_height": height, "image_width": width}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build(config)
+        model.apply(_init_weights)
+        discriminators = nn.ModuleDict({"target": patch_discriminator(channels, int(hyper["base_channels"])), "source": patch_discriminator(channels, int(hyper["base_channels"]))})
+        discriminators.apply(_init_weights)
+    model.to(device).train()
+    discriminators.to(device).train()
+    betas = (float(hyper["beta1"]), 0.999)
+    optimizer_g = torch.optim.Adam(model.parameters(), lr=hyper["lr"], betas=betas)
+    optimizer_d = torch.optim.Adam(discriminators.parameters(), lr=hyper["lr"], betas=betas)
+    draws = torch.Generator().manual_seed(seed + 1)
+    pools = {"target": ImagePool(int(hyper["pool_size"]), draws), "source": ImagePool(int(hyper["pool_size"]), draws)}
+    batch_size = min(int(hyper["batch_size"]), len(source_uint8))
+    steps_per_epoch = max(1, len(source_uint8) // batch_size)
+    total_steps = int(hyper["epochs"]) * steps_per_epoch
+    # the target batches: shuffled passes over the target set, drawn on the CPU and copied to the device once
+    passes = -(-total_steps * batch_size // len(target_uint8)) + 1
+    target_order = torch.cat([torch.randperm(len(target_uint8), generator=draws) for _ in range(passes)]).to(device)
+    targets = target_uint8.to(device)
+    cycle_weight, identity_weight = float(hyper["cycle_weight"]), float(hyper["identity_weight"])
+    critic_h, critic_w = max(height, CRITIC_MIN_SIDE), max(width, CRITIC_MIN_SIDE)
+    step_index = 0
+
+    def critic(domain: str, images: torch.Tensor) -> torch.Tensor:
+        return discriminators[domain](pad_to(images, critic_h, critic_w))
+
+    def least_squares(scores: torch.Tensor, real: bool) -> torch.Tensor:
+        return F.mse_loss(scores.float(), torch.full_like(scores.float(), 1.0 if real else 0.0))
+
+    def step(source, _labels):
+        nonlocal step_index
+        target = to_unit_range(targets[target_order[step_index * batch_size : (step_index + 1) * batch_size]])
+        factor = lr_factor(step_index, total_steps)
+        for optimizer in (optimizer_g, optimizer_d):
+            for group in optimizer.param_groups:
+                group["lr"] = hyper["lr"] * factor
+        discriminators.requires_grad_(False)
+        with autocast(device):  # bf16 forward on a capable GPU; losses in float32 (models/device.py)
+            fake_target, fake_source = model.to_target(source), model.to_source(target)
+            loss_adversarial = least_squares(critic("target", fake_target), True) + least_squares(critic("source", fake_source), True)
+            loss_cycle = F.l1_loss(model.to_source(fake_target).float(), source) + F.l1_loss(model.to_target(fake_source).float(), target)
+            loss_identity = (F.l1_loss(model.to_target(target).float(), target) + F.l1_loss(model.to_source(source).float(), source)) if identity_weight else torch.zeros((), device=device)
+            loss_g = loss_adversarial + cycle_weight * loss_cycle + identity_weight * loss_identity
+        optimizer_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        optimizer_g.step()
+        discriminators.requires_grad_(True)
+        losses_d = {}
+        with autocast(device):
+            for domain, real, fake in (("target", target, fake_target), ("source", source, fake_source)):
+                losses_d[domain] = 0.5 * (least_squares(critic(domain, real), True) + least_squares(critic(domain, pools[domain](fake)), False))
+        optimizer_d.zero_grad(set_to_none=True)
+        (losses_d["target"] + losses_d["source"]).backward()
+        optimizer_d.step()
+        step_index += 1
+        return {"gen/loss_g": loss_g.detach(), "gen/loss_adversarial": loss_adversarial.detach(), "gen/loss_cycle": loss_cycle.detach(),
+                "gen/loss_identity": loss_identity.detach(), "gen/loss_d_target": losses_d["target"].detach(), "gen/loss_d_source": losses_d["source"].detach(),
+                "gen/lr": hyper["lr"] * factor}
+
+    labels = torch.zeros(len(source_uint8), dtype=torch.long)  # unused: the translation is not class-conditional
+    train_loop(step, source_uint8, labels, epochs=int(hyper["epochs"]), batch_size=batch_size, seed=seed, device=device, on_epoch=on_epoch, progress=progress, description="train cyclegan")
+    return model.eval()

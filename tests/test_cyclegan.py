@@ -1,0 +1,199 @@
+"""CycleGAN domain translation: the translator itself, the synthesize stage through
+the front door (a translated copy of each real train image, with its lineage),
+its input errors, the study's three arms and `mlflow run`."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from conftest import REPO, run_cli, runs_of
+from imaging.errors import InputError
+from models.generators import cyclegan, load_generator
+from pipelines.synthesize import synthesize
+
+CLASSES = ("cat", "coffee", "flower")
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two threads on a shared 2-core machine are many times slower than one
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory):
+    """A 32 px colour photo folder (3 classes x 8) and a target folder of other, snowy patches
+    (flat and in a sub-folder, JPEG, non-square)."""
+    from imaging.corruptions import corrupt
+    from imaging.photos import patches, write_photo_folder
+
+    root = tmp_path_factory.mktemp("domains")
+    photos = write_photo_folder(root / "photos", classes=CLASSES, size=32, per_class=8)
+    others = np.concatenate([patches(name, 4, 40, seed=100 + i) for i, name in enumerate(CLASSES)])
+    snowy = corrupt(others, "snow", 1, seed=0)
+    (root / "snowy" / "more").mkdir(parents=True)
+    for index, array in enumerate(snowy):
+        Image.fromarray(array[:, :36]).save(root / "snowy" / ("more" if index % 2 else ".") / f"{index}.jpg")  # 36 x 40: centre-cropped
+    return photos, root / "snowy"
+
+
+def tiny_hyper(size: int, **changes) -> dict:
+    return {**cyclegan.defaults_for(size, size), "base_channels": 4, "epochs": 1, "batch_size": 4, **changes}
+
+
+@pytest.mark.parametrize("size", [32, 128])
+def test_the_translator_keeps_shape_and_colour_and_is_fixed_by_its_seed(size, tmp_path):
+    generator = torch.Generator().manual_seed(size)
+    source = torch.randint(0, 256, (8, 3, size, size), dtype=torch.uint8, generator=generator)
+    target = torch.randint(0, 120, (6, 3, size, size), dtype=torch.uint8, generator=generator)
+    first = cyclegan.train(source, target, hyper=tiny_hyper(size), seed=3, device="cpu", progress=False)
+    assert sum(isinstance(m, cyclegan.ResidualBlock) for m in first.source_to_target.modules()) == 6  # the paper's blocks at <= 128 px
+    out = first.translate(source, batch_size=3)
+    assert out.dtype == torch.uint8 and out.device.type == "cpu" and out.shape == source.shape
+    assert not torch.equal(out[:, 0], out[:, 1])  # colour, not grey copied into three channels
+    again = cyclegan.train(source, target, hyper=tiny_hyper(size), seed=3, device="cpu", progress=False).translate(source)
+    other = cyclegan.train(source, target, hyper=tiny_hyper(size), seed=4, device="cpu", progress=False).translate(source)
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    loaded = load_generator(first.save(tmp_path / "generator.pt"))
+    assert loaded.kind == "cyclegan" and torch.equal(loaded.translate(source), out)
+
+
+def test_the_defaults_are_zhu_et_al_and_the_learning_rate_decays_linearly_to_zero():
+    for size, blocks in ((32, 6), (64, 6), (128, 6), (256, 9), (512, 9)):
+        hyper = cyclegan.defaults_for(size, size)
+        assert hyper["blocks"] == blocks
+        assert (hyper["cycle_weight"], hyper["identity_weight"], hyper["pool_size"], hyper["lr"], hyper["beta1"]) == (10.0, 5.0, 50, 2e-4, 0.5)
+    assert cyclegan.defaults_for(64, 64)["base_channels"] == 16  # the narrow CPU preset, not fewer blocks
+    factors = [cyclegan.lr_factor(step, 100) for step in range(100)]
+    assert factors[:50] == [1.0] * 50 and factors[-1] == 0.0
+    assert np.allclose(np.diff(factors[50:]), np.diff(factors[50:])[0])  # a straight line from 1 to 0
+    from pipelines.synthesize import DEFAULTS
+
+    assert (DEFAULTS["cycle_weight"], DEFAULTS["identity_weight"], DEFAULTS["pool_size"], DEFAULTS["blocks"]) == (10.0, 5.0, 50, 0)
+    rates = []
+    source = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
+    cyclegan.train(source, source, hyper=tiny_hyper(16, epochs=4, batch_size=2), seed=0, device="cpu", progress=False,
+                   on_epoch=lambda epoch, metrics: rates.append(metrics["gen/lr"]))
+    # per-epoch means of the per-step rate: constant over the first half, then falling; the last epoch averages 3/7 .. 0 of it
+    assert rates[:2] == pytest.approx([2e-4, 2e-4], rel=0.3) and rates[1] > rates[2] > rates[3] and rates[3] == pytest.approx(2e-4 * 6 / 28)
+
+
+def test_the_stage_writes_a_translated_copy_of_each_real_train_image_with_its_source(domains, experiment):
+    from imaging.datasets import scan_folder
+
+    photos, snowy = domains
+    result = run_cli("synthesize", "--data", str(photos), "--generator", "cyclegan", "--target-data", str(snowy), "--epochs", "1",
+                     "--per-class", "5", "--quality-epochs", "1", "--seed", "2", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = runs_of(experiment, "synthesize")
+    frame = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="dataset/manifest.csv"), keep_default_na=False)
+    real = scan_folder(photos)[0].frame
+    train = real[real["split"] == "train"].set_index("path")["label"]
+    expected = {label: min(5, int((train == label).sum())) for label in CLASSES}
+    assert frame.groupby("label").size().to_dict() == expected  # --per-class caps the translated images of each class
+    assert frame["source_image"].is_unique and set(frame["source_image"]) <= set(train.index)
+    assert (frame["label"] == train[frame["source_image"]].to_numpy()).all()  # each keeps its source's label
+    from models.generators import image_seed
+
+    assert frame["seed"].astype(int).tolist() == [image_seed(2, i) for i in range(len(frame))]
+    for path in frame["path"][:3]:
+        image = Image.open(io.BytesIO(open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path), "rb").read()))
+        assert (image.format, image.mode, image.size) == ("PNG", "RGB", (32, 32))
+    metrics = run.data.metrics
+    assert {"gen/loss_cycle", "gen/loss_identity", "gen/lr", "perf/train_seconds", "perf/imgs_per_s", "synth/cas", "synth/fid", "synth/is", "synth/detectability"} <= set(metrics)
+    assert run.data.tags["synthmix.generator"] == "cyclegan" and run.data.tags["synthmix.target_digest"]
+    artifacts = {a.path for folder in ("generator", "samples") for a in MlflowClient().list_artifacts(run.info.run_id, folder)}
+    assert {"generator/generator.pt", "generator/config.json", "samples/before_after.png"} <= artifacts
+    config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator/config.json")
+    assert (config["blocks"], config["base_channels"], config["image_height"]) == (6, 16, 32)
+
+    # its translator translates again without training; another target folder is another run
+    params = {"data": str(photos), "generator": "cyclegan", "per_class": 5, "seed": 2, "quality": False}
+    again = synthesize({**params, "generator_run": run.info.run_id})
+    assert again.manifest.frame["sha256"].tolist() == frame["sha256"].tolist()
+    assert not any(key.startswith("gen/") for key in MlflowClient().get_run(again.run_id).data.metrics)
+    first = synthesize({**params, "target_data": str(snowy), "epochs": 1}, reuse=True)
+    assert synthesize({**params, "target_data": str(snowy), "epochs": 1}, reuse=True).run_id == first.run_id
+    Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(snowy / "more" / "extra.png")
+    try:
+        assert synthesize({**params, "target_data": str(snowy), "epochs": 1}, reuse=True).run_id != first.run_id
+    finally:
+        (snowy / "more" / "extra.png").unlink()
+
+
+def test_bad_target_input_is_refused_before_any_run(domains, experiment, tmp_path):
+    photos, snowy = domains
+    base = {"data": str(photos), "generator": "cyclegan"}
+    result = run_cli("synthesize", "--data", str(photos), "--generator", "cyclegan", "--target-data", str(tmp_path / "missing"), env=ONE_THREAD)
+    assert result.returncode == 2 and "--target-data" in result.stderr and "is not a folder" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="--target-data: .*empty holds no images"):
+        synthesize({**base, "target_data": str(tmp_path / "empty")})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match="--target-data: .*a.png"):
+        synthesize({**base, "target_data": str(tmp_path / "broken")})
+    with pytest.raises(InputError, match="--target-data applies to cyclegan, not dcgan"):
+        synthesize({**base, "generator": "dcgan", "target_data": str(snowy)})
+    with pytest.raises(InputError, match="--generator cyclegan needs --target-data"):
+        synthesize(base)
+    with pytest.raises(InputError, match="--latent-dim applies to dcgan, vae, not cyclegan"):
+        synthesize({**base, "target_data": str(snowy), "latent_dim": 8})
+    with pytest.raises(InputError, match="--cycle-weight applies to cyclegan, not vae"):
+        synthesize({"data": str(photos), "generator": "vae", "cycle_weight": 3.0})
+    assert runs_of(experiment) == []
+
+
+def test_a_study_of_a_cyclegan_run_compares_source_translated_and_both(domains, experiment):
+    from pipelines.main import main
+
+    photos, snowy = domains
+    synthesis = synthesize({"data": str(photos), "generator": "cyclegan", "target_data": str(snowy), "epochs": 1, "base_channels": 4, "quality": False})
+    with pytest.raises(InputError, match="--ratios does not apply to a cyclegan study"):
+        main({"data": str(photos), "synthetic_run": synthesis.run_id, "ratios": "0,0.5"})
+    with pytest.raises(InputError, match="--generator cyclegan needs --target-data"):
+        main({"data": str(photos), "generator": "cyclegan"})
+    with pytest.raises(InputError, match="--target-data is for synthesizing"):
+        main({"data": str(photos), "synthetic_run": synthesis.run_id, "target_data": str(snowy)})
+    facts = main({"data": str(photos), "synthetic_run": synthesis.run_id, "model": "smallcnn", "epochs": 1, "batch_size": 16, "seeds": "1",
+                  "corruptions": "", "saliency": 0, "registered_model": "none", "device": "cpu"})
+    results = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=facts["run_id"], artifact_path="results.csv"))
+    assert dict(zip(results["arm"], results["ratio"])) == {"source": 0.0, "both": 0.5, "translated": 1.0} and (results["status"] == "ok").all()
+    summary = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=facts["run_id"], artifact_path="summary.csv"))
+    assert summary["arm"].tolist() == ["source", "both", "translated"]
+    mixes = {r.data.tags["synthmix.arm"]: r for r in runs_of(experiment, "mix")}
+    real_train = len(synthesis.manifest.frame)  # a translation of every real train image
+    assert mixes["translated"].data.metrics["mix/real_total"] == 0 and mixes["translated"].data.metrics["mix/synthetic_total"] == real_train
+    assert mixes["both"].data.metrics["mix/real_total"] == real_train and mixes["both"].data.metrics["mix/synthetic_total"] == real_train
+    assert mixes["both"].data.params["mode"] == "add"
+    assert {r.data.tags["synthmix.arm"] for r in runs_of(experiment, "train")} == {"source", "both", "translated"}
+    assert "report.html" in {a.path for a in MlflowClient().list_artifacts(facts["run_id"])}
+
+
+@pytest.mark.slow
+def test_mlflow_run_synthesize_with_cyclegan(domains, experiment):
+    photos, snowy = domains
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env.update(ONE_THREAD)
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "synthesize", "--env-manager", "local", "-P", f"data={photos}",
+                           "-P", "generator=cyclegan", "-P", f"target_data={snowy}", "-P", "epochs=1", "-P", "per_class=2", "-P", "quality=false"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = runs_of(experiment, "synthesize")
+    assert run.info.status == "FINISHED" and run.data.params["target_data"] == str(snowy)
+    assert run.data.metrics["synth/images"] == 6 and "perf/train_seconds" in run.data.metrics
