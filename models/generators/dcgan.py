@@ -56,7 +56,7 @@ DEFAULTS = dict(
 # by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
 PRESETS = {
     32: dict(epochs=30, batch_size=64, base_channels=32),
-    64: dict(epochs=60, batch_size=32, base_channels=16),
+    64: dict(epochs=100, batch_size=32, base_channels=16),
     128: dict(epochs=60, batch_size=32, base_channels=8),
 }
 
