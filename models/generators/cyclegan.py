@@ -43,6 +43,7 @@ DEFAULTS = dict(
     cycle_weight=10.0,  # lambda of the L1 cycle loss (the paper's)
     identity_weight=5.0,  # weight of the L1 identity loss: 0.5 x lambda (the paper's)
     pool_size=50,  # generated images each discriminator is shown from the past (the paper's)
+    upsample="transposed",  # G's two up-sampling layers: transposed (the paper's 3 x 3 stride-2) or resize (nearest x2 + 3 x 3 conv)
 )
 # by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
 PRESETS = {
@@ -81,14 +82,22 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def resnet_generator(channels: int, width: int, blocks: int) -> nn.Sequential:
+def _up(in_channels: int, out_channels: int, mode: str) -> nn.Module:
+    if mode == "transposed":
+        return nn.ConvTranspose2d(in_channels, out_channels, 3, 2, 1, output_padding=1)
+    if mode == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1), nn.Conv2d(in_channels, out_channels, 3))
+    raise ValueError(f"unknown upsample {mode!r}; choose resize or transposed")
+
+
+def resnet_generator(channels: int, width: int, blocks: int, upsample: str = "transposed") -> nn.Sequential:
     """c7s1-w, d2w, d4w, R4w x blocks, u2w, uw, c7s1-C, tanh (Johnson et al.'s layout, as the paper's)."""
     layers = [nn.ReflectionPad2d(3), nn.Conv2d(channels, width, 7), nn.InstanceNorm2d(width), nn.ReLU(True)]
     for factor in (1, 2):
         layers += [nn.Conv2d(width * factor, width * factor * 2, 3, 2, 1), nn.InstanceNorm2d(width * factor * 2), nn.ReLU(True)]
     layers += [ResidualBlock(width * 4) for _ in range(blocks)]
     for factor in (4, 2):
-        layers += [nn.ConvTranspose2d(width * factor, width * factor // 2, 3, 2, 1, output_padding=1), nn.InstanceNorm2d(width * factor // 2), nn.ReLU(True)]
+        layers += [_up(width * factor, width * factor // 2, upsample), nn.InstanceNorm2d(width * factor // 2), nn.ReLU(True)]
     layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, channels, 7), nn.Tanh()]
     return nn.Sequential(*layers)
 
@@ -123,8 +132,8 @@ class CycleGAN(nn.Module):
         self.channels = int(config["image_channels"])
         self.height, self.width = int(config["image_height"]), int(config["image_width"])
         self.pad_h, self.pad_w = -(-self.height // 4) * 4, -(-self.width // 4) * 4  # two stride-2 stages
-        self.source_to_target = resnet_generator(self.channels, int(config["base_channels"]), int(config["blocks"]))
-        self.target_to_source = resnet_generator(self.channels, int(config["base_channels"]), int(config["blocks"]))
+        self.source_to_target = resnet_generator(self.channels, int(config["base_channels"]), int(config["blocks"]), config.get("upsample", "transposed"))
+        self.target_to_source = resnet_generator(self.channels, int(config["base_channels"]), int(config["blocks"]), config.get("upsample", "transposed"))
 
     @property
     def device(self) -> torch.device:
