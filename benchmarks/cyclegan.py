@@ -101,9 +101,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--targets", default="snow,winter", help="comma-separated: snow, winter")
     parser.add_argument("--snow-severity", type=int, default=1, help="severity of the snow corruption, 1-5 (default 1; see the docstring)")
     parser.add_argument("--epochs", type=int, default=0, help="translator epochs; 0 = the preset for the size")
+    parser.add_argument("--batch-size", type=int, default=0, help="translator batch size; 0 = the preset for the size")
     parser.add_argument("--identity-weight", type=float, default=-1, help="identity loss weight; -1 = the paper's 5")
     parser.add_argument("--classifier-epochs", type=int, default=8, help="epochs of the smallcnn domain and class classifiers")
     parser.add_argument("--upsample", default="", help="translator up-sampling: transposed or resize; empty = the preset's")
+    parser.add_argument("--residual", choices=["", "on", "off"], default="", help="translator generators output a change to their input (on) or the paper's plain image (off); empty = the preset's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grids", default="", help="folder to write cyclegan_<target>.png (held-out source, translation, real shifted) into")
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     source_train, source_labels, held, held_labels = to_tensor(train_x), torch.as_tensor(train_y), to_tensor(held_x), torch.as_tensor(held_y)
     classes = fit_classifier(source_train, source_labels, len(CLASSES), epochs=args.classifier_epochs, seed=args.seed, device=device, desc="class classifier")
     clean = accuracy(classes, held, held_labels, device)
-    hyper = cyclegan.defaults_for(args.size, args.size) | ({"epochs": args.epochs} if args.epochs else {}) | ({"identity_weight": args.identity_weight} if args.identity_weight >= 0 else {}) | ({"upsample": args.upsample} if args.upsample else {})
+    hyper = cyclegan.defaults_for(args.size, args.size) | ({"epochs": args.epochs} if args.epochs else {}) | ({"batch_size": args.batch_size} if args.batch_size else {}) | ({"identity_weight": args.identity_weight} if args.identity_weight >= 0 else {}) | ({"upsample": args.upsample} if args.upsample else {}) | ({"residual": args.residual == "on"} if args.residual else {})
     print(f"source: {len(source_train)} train + {len(held)} held-out photos of {', '.join(CLASSES)} at {args.size} px; {args.target_count} target photos; "
           f"{args.threads} thread(s), {device}; translator {hyper}; class classifier accuracy on held-out source {clean:.3f}", flush=True)
 
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
         domain = fit_classifier(domain_images, domain_labels, 2, epochs=args.classifier_epochs, seed=args.seed, device=device, desc="domain classifier")
         share = called_target(domain, translated, device)
         rows.append({
-            "target": kind + (f" (severity {args.snow_severity})" if kind == "snow" else "") + (f", identity {hyper['identity_weight']:g}" if args.identity_weight >= 0 else ""), "train_s": train_s, "target_share": share,
+            "target": kind + (f" (severity {args.snow_severity})" if kind == "snow" else "") + (f", identity {hyper['identity_weight']:g}" if args.identity_weight >= 0 else "") + (f", residual {args.residual}" if args.residual else ""), "train_s": train_s, "target_share": share,
             "source_called_target": called_target(domain, held, device),
             "real_shift_called_target": called_target(domain, real_shift, device),
             "label_survival": accuracy(classes, translated, held_labels, device) / clean,

@@ -28,6 +28,7 @@ reference machine: 2 cores, no GPU), or `--threads`; --device cuda for a GPU.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
@@ -52,7 +53,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (one per core). 1 gives times that hold a fortiori on 2 cores while something else runs")
     parser.add_argument("--grids", default="", help="folder to save each generator's sample grid in (<kind>_<size>px.png, the first 8 of each class; real_<size>px.png too)")
+    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a generator option over its preset, e.g. mode_seeking=1 (repeatable; applies to every kind that has it)")
     args = parser.parse_args()
+    options = {}
+    for item in args.option:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--option takes NAME=VALUE, got {item!r}")
+        try:
+            options[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[name] = value
 
     import torch
 
@@ -90,8 +101,9 @@ def main() -> None:
     extra, goals = [], []
     for kind in args.kinds.split(","):
         preset = default_hyperparameters(kind, size, size)
+        own = {name: value for name, value in options.items() if name in preset}
         started = time.perf_counter()
-        generator = train_generator(kind, train_x, train_y, classes, epochs=args.epochs or None, seed=args.seed, device=device, progress=False)
+        generator = train_generator(kind, train_x, train_y, classes, epochs=args.epochs or None, seed=args.seed, device=device, progress=False, **own)
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
         synthetic = generator.sample(labels, args.seed)
@@ -101,7 +113,7 @@ def main() -> None:
         ratios = artefact_ratios(train_x, train_y, synthetic, labels)
         if args.grids:
             _save_grid(Path(args.grids) / f"{kind}_{size}px.png", kind, synthetic, labels, manifest.classes)
-        rows.append((kind, str(args.epochs or preset["epochs"]), f"{train_seconds:.0f}", f"{rate:.0f}", f"{cas:.3f}", f"{cas / real_cas:.2f}", f"{fid:.2f}", f"{score:.2f}", f"{detect:.3f}",
+        rows.append((kind + "".join(f" {name}={value}" for name, value in own.items()), str(args.epochs or preset["epochs"]), f"{train_seconds:.0f}", f"{rate:.0f}", f"{cas:.3f}", f"{cas / real_cas:.2f}", f"{fid:.2f}", f"{score:.2f}", f"{detect:.3f}",
                      f"{ratios['hf_ratio_min']:.2f}..{ratios['hf_ratio_max']:.2f}", f"{ratios['diversity_ratio']:.2f}"))
         if kind == "dcgan" and size == 64 and channels == 3:
             met = cas >= 0.8 * real_cas and train_seconds <= 300 and 0.5 <= ratios["hf_ratio_min"] and ratios["hf_ratio_max"] <= 2 and ratios["diversity_ratio"] >= 0.6

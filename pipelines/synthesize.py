@@ -65,6 +65,10 @@ PARAMS = [
     option("diff_augment", "auto", "dcgan: DiffAugment policies applied to real and generated images before the discriminator, comma-separated from color, translation, cutout; none = off; auto = all three.", str),
     option("spectral_norm", True, "dcgan: spectral normalisation of the discriminator's layers.", bool),
     option("ema_decay", 0.0, "dcgan, ddpm: decay of the exponential moving average of the generator's weights that samples (per training step); 0 = the generator's default (dcgan 0.999, ddpm 0.995).", click.FloatRange(0, 1, max_open=True)),
+    option("mode_seeking", "auto", "dcgan: weight of the mode-seeking term (Mao et al. 2019: 1 / the distance between two images of a class over the distance between their noise vectors, "
+           "on images pooled 4 x 4); it keeps every noise vector from drawing the same image (mode collapse). 0 = off; auto = 0.1.", str),
+    option("residual", "off", "cyclegan: on = each generator outputs a change to its input (tanh(atanh(x) + its last conv), which starts at 0), so it starts as the identity and keeps "
+           "the image's detail: the label survives better, the shift is learnt more slowly (README, CycleGAN); off = the paper's generator.", click.Choice(["on", "off"])),
     option("blocks", 0, "cyclegan: residual blocks of each generator; 0 = the paper's: 6 up to 128 px, 9 above.", click.IntRange(0)),
     option("cycle_weight", 10.0, "cyclegan: weight of the L1 cycle-consistency loss (lambda; the paper's 10).", click.FloatRange(0)),
     option("identity_weight", 5.0, "cyclegan: weight of the L1 identity loss (the paper's 0.5 x lambda = 5); 0 = off.", click.FloatRange(0)),
@@ -284,6 +288,7 @@ GENERATOR_OPTIONS = {
     "base_channels": (("dcgan", "vae", "cyclegan"), "base_channels"), "latent_dim": (("dcgan", "vae"), "latent_dim"),
     "block_channels": (("ddpm",), "block_channels"), "upsample": (("dcgan",), "upsample"),
     "diff_augment": (("dcgan",), "augment"), "spectral_norm": (("dcgan",), "spectral_norm"), "ema_decay": (("dcgan", "ddpm"), "ema_decay"),
+    "mode_seeking": (("dcgan",), "mode_seeking"), "residual": (("cyclegan",), "residual"),
     "blocks": (("cyclegan",), "blocks"), "cycle_weight": (("cyclegan",), "cycle_weight"),
     "identity_weight": (("cyclegan",), "identity_weight"), "pool_size": (("cyclegan",), "pool_size"),
 }
@@ -315,6 +320,15 @@ def generator_options(params: dict) -> dict:
                 parse_policy(value)
             except ValueError as error:
                 raise InputError(f"--diff-augment {params[name]!r}: {error}.") from error
+        if name == "mode_seeking":
+            try:
+                value = float(value)
+            except ValueError:
+                value = -1.0
+            if not value >= 0:
+                raise InputError(f"--mode-seeking {params[name]!r} must be a weight >= 0 (0 = off) or auto.")
+        if name == "residual":
+            value = value == "on"
         chosen[hyper] = value
     return chosen
 
@@ -415,10 +429,17 @@ def _train_generator(params: dict, target: Target, device, folder):
     generator = train_generator(params["generator"], images, image_labels, len(target.classes), seed=params["seed"], device=device,
                                 on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch), **options)
     mlflow.log_metric("perf/train_seconds", time.perf_counter() - started)
+    _log_checkpoint(generator, folder)
+    return generator
+
+
+def _log_checkpoint(generator, folder) -> None:
+    """generator/generator.pt (what --generator-run loads) and generator/config.json."""
+    import mlflow
+
     generator.save(folder / "generator.pt")
     mlflow.log_artifact(str(folder / "generator.pt"), "generator")
     mlflow.log_dict(generator.config, "generator/config.json")
-    return generator
 
 
 def _train_translator(params: dict, target: Target, device, folder):
@@ -439,9 +460,7 @@ def _train_translator(params: dict, target: Target, device, folder):
                                on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
     seconds = time.perf_counter() - started
     mlflow.log_metrics({"perf/train_seconds": seconds, "perf/train_imgs_per_s": hyper["epochs"] * len(images) / seconds})
-    generator.save(folder / "generator.pt")
-    mlflow.log_artifact(str(folder / "generator.pt"), "generator")
-    mlflow.log_dict(generator.config, "generator/config.json")
+    _log_checkpoint(generator, folder)
     return generator
 
 

@@ -97,7 +97,7 @@ def test_the_stage_writes_a_translated_copy_of_each_real_train_image_with_its_so
 
     photos, snowy = domains
     result = run_cli("synthesize", "--data", str(photos), "--generator", "cyclegan", "--target-data", str(snowy), "--epochs", "1",
-                     "--per-class", "5", "--quality-epochs", "1", "--seed", "2", env=ONE_THREAD)
+                     "--per-class", "5", "--quality-epochs", "1", "--seed", "2", "--residual", "on", env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = runs_of(experiment, "synthesize")
     frame = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="dataset/manifest.csv"), keep_default_na=False)
@@ -119,12 +119,12 @@ def test_the_stage_writes_a_translated_copy_of_each_real_train_image_with_its_so
     artifacts = {a.path for folder in ("generator", "samples") for a in MlflowClient().list_artifacts(run.info.run_id, folder)}
     assert {"generator/generator.pt", "generator/config.json", "samples/before_after.png"} <= artifacts
     config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator/config.json")
-    assert (config["blocks"], config["base_channels"], config["image_height"]) == (6, 16, 32)
+    assert (config["blocks"], config["base_channels"], config["image_height"], config["residual"]) == (6, 16, 32, True)
 
     # its translator translates again without training; another target folder is another run
     params = {"data": str(photos), "generator": "cyclegan", "per_class": 5, "seed": 2, "quality": False}
     again = synthesize({**params, "generator_run": run.info.run_id})
-    assert again.manifest.frame["sha256"].tolist() == frame["sha256"].tolist()
+    assert again.manifest.frame["sha256"].tolist() == frame["sha256"].tolist()  # the residual translator, rebuilt from its checkpoint
     assert not any(key.startswith("gen/") for key in MlflowClient().get_run(again.run_id).data.metrics)
     first = synthesize({**params, "target_data": str(snowy), "epochs": 1}, reuse=True)
     assert synthesize({**params, "target_data": str(snowy), "epochs": 1}, reuse=True).run_id == first.run_id
@@ -197,3 +197,15 @@ def test_mlflow_run_synthesize_with_cyclegan(domains, experiment):
     [run] = runs_of(experiment, "synthesize")
     assert run.info.status == "FINISHED" and run.data.params["target_data"] == str(snowy)
     assert run.data.metrics["synth/images"] == 6 and "perf/train_seconds" in run.data.metrics
+
+
+def test_a_residual_translator_starts_as_the_identity_and_the_paper_s_does_not():
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    changes = {}
+    for residual in (True, False):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = cyclegan.build({**tiny_hyper(32), "residual": residual, "image_channels": 3, "image_height": 32, "image_width": 32})
+            cyclegan.init_weights(model)  # as train does: N(0, 0.02); the residual one's last conv at 0
+        changes[residual] = (model.translate(images).float() - images.float()).abs().mean().item()
+    assert changes[True] < 1 < 40 < changes[False]  # grey levels: the residual one keeps the image, the plain one draws a new one

@@ -271,3 +271,18 @@ def test_artefact_measures_see_a_checkerboard_and_a_collapse():
     assert within_class_diversity(collapsed, labels) == 0
     ratios = artefact_ratios(smooth, labels, dithered, labels)
     assert ratios["hf_ratio_min"] > 2 and 0.9 < ratios["diversity_ratio"] < 1.5
+
+
+def test_the_mode_seeking_term_punishes_one_image_for_every_noise_vector_not_pixel_noise():
+    from models.generators.dcgan import mode_seeking_term
+
+    generator = torch.Generator().manual_seed(0)
+    z_a, z_b = torch.randn((8, 16), generator=generator), torch.randn((8, 16), generator=generator)
+    layouts = torch.rand((16, 3, 8, 8), generator=generator) * 2 - 1
+    big = torch.nn.functional.interpolate(layouts, scale_factor=4, mode="nearest")  # 32 px images that differ in layout and colour
+    collapsed = big[:8]
+    jitter = collapsed + 0.3 * torch.randn(collapsed.shape, generator=generator).sign()  # the same images under pixel noise
+    assert mode_seeking_term(collapsed, collapsed, z_a, z_b) > 1e3  # no difference at all: the term is huge
+    diverse = mode_seeking_term(big[:8], big[8:], z_a, z_b)
+    assert diverse < 3  # images that differ as much as their noise vectors: about 1 / 0.6
+    assert mode_seeking_term(collapsed, jitter, z_a, z_b) > 5 * diverse  # pixel noise does not buy diversity

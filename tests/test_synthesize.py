@@ -201,7 +201,7 @@ def photo_folders(tmp_path_factory):
     return root
 
 
-TINY_OPTIONS = {"dcgan": {"base_channels": 8, "latent_dim": 8}, "vae": {"base_channels": 8, "latent_dim": 4}, "ddpm": {"block_channels": "8,16", "steps": 2}}
+TINY_OPTIONS = {"dcgan": {"base_channels": 8, "latent_dim": 8, "mode_seeking": 0.5}, "vae": {"base_channels": 8, "latent_dim": 4}, "ddpm": {"block_channels": "8,16", "steps": 2}}
 
 
 @pytest.mark.parametrize("size", [32, 128])
@@ -228,4 +228,10 @@ def test_generator_options_are_checked_against_the_generator_before_any_run(phot
         synthesize({"data": str(photo_folders / "p32"), "generator": "ddpm", "block_channels": "8,12"})
     with pytest.raises(InputError, match="unknown augmentation blur"):
         synthesize({"data": str(photo_folders / "p32"), "generator": "dcgan", "diff_augment": "blur"})
+    result = run_cli("synthesize", "--data", str(photo_folders / "p32"), "--generator", "dcgan", "--mode-seeking", "-1")
+    assert result.returncode == 2 and "--mode-seeking '-1' must be a weight >= 0 (0 = off) or auto" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(InputError, match="--mode-seeking applies to dcgan, not vae"):
+        synthesize({"data": str(photo_folders / "p32"), "generator": "vae", "mode_seeking": "0.2"})
+    with pytest.raises(InputError, match="--residual applies to cyclegan, not dcgan"):
+        synthesize({"data": str(photo_folders / "p32"), "generator": "dcgan", "residual": "on"})
     assert runs_of(experiment) == []

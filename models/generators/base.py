@@ -151,6 +151,15 @@ def train_loop(
                 on_epoch(epoch, means)
 
 
+def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
+    """`model` (with `kind` and `config`) as one file in the generator checkpoint format `load_generator` reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    torch.save({"format": "synthmix-generator/1", "kind": model.kind, "config": model.config, "state_dict": state}, path)
+    return path
+
+
 class TrainedGenerator(nn.Module):
     """A class-conditional generator that rebuilds itself from `config` (see `save`)."""
 
@@ -195,8 +204,4 @@ class TrainedGenerator(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """One file with everything `load_generator` needs: kind, config and weights."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {name: tensor.detach().cpu() for name, tensor in self.state_dict().items()}
-        torch.save({"format": "synthmix-generator/1", "kind": self.kind, "config": self.config, "state_dict": state}, path)
-        return path
+        return save_checkpoint(self, path)

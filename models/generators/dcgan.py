@@ -18,7 +18,12 @@ For the small folders users have (a few hundred images per class):
 - spectral normalisation of D's convs (Miyato et al. 2018, `spectral_norm`):
   bounds D's slope, which keeps its gradients useful to G;
 - an exponential moving average of G's weights (`ema_decay`) is what samples:
-  it averages out the last steps' oscillation.
+  it averages out the last steps' oscillation;
+- a mode-seeking term in G's loss (Mao et al. 2019, `mode_seeking`): the fakes
+  of a batch come in same-class pairs, and G pays 1 / (their distance / their
+  z distance), on images average-pooled 4 x 4 so that pixel noise does not
+  count as variety. Without it the 64 px preset's within-class diversity was
+  0.55-0.76 of the real images' from run to run; with 0.1, about 1.
 
 Up-sampling: `resize` (nearest x2 then a 3 x 3 conv, Odena et al. 2016) by
 default; `transposed` (the paper's 4 x 4 stride-2 transposed conv) leaves
@@ -52,6 +57,7 @@ DEFAULTS = dict(
     spectral_norm=True,  # spectral normalisation of D's convs and score
     augment="color,translation,cutout",  # DiffAugment policies applied before D; empty: none
     ema_decay=0.999,  # G weight average that samples; 0: the last weights
+    mode_seeking=0.1,  # weight of the mode-seeking term (Mao et al. 2019): 1 / (image distance / z distance) of same-class pairs, pooled 4 x 4; 0: off
 )
 # by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
 PRESETS = {
@@ -154,6 +160,20 @@ def _average_into(average: list[nn.Module], current: list[nn.Module], decay: flo
                 averaged.copy_(value)  # BatchNorm statistics: the current ones
 
 
+POOL = 4  # the mode-seeking term compares images at 1/4 of the side
+
+
+def mode_seeking_term(fake_a: torch.Tensor, fake_b: torch.Tensor, z_a: torch.Tensor, z_b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mao et al. 2019 (MSGAN): 1 / (mean |G(z_a) - G(z_b)| / mean |z_a - z_b|) over the pairs; small when
+    different z give different images of a class, large when G draws one image for every z (mode collapse).
+    The images are compared after a 4 x 4 average pool: the term rewards different layouts and colours,
+    not different pixel noise (which it would otherwise buy with a checkerboard of high frequencies)."""
+    pool = min(POOL, fake_a.shape[-1], fake_a.shape[-2])
+    a, b = F.avg_pool2d(fake_a.float(), pool), F.avg_pool2d(fake_b.float(), pool)
+    ratio = (a - b).abs().mean() / (z_a - z_b).abs().mean()
+    return 1.0 / (ratio + eps)
+
+
 def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, progress) -> DCGAN:
     policy = parse_policy(hyper["augment"])
     model = seeded_model(DCGAN, images_uint8, num_classes, hyper, seed=seed, device=device)
@@ -169,6 +189,9 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
 
     def step(real, y):
         nonlocal steps_done
+        half = len(real) // 2
+        if hyper["mode_seeking"] and half:  # the fakes come in same-class pairs (i, i + half) for the mode-seeking term
+            y = torch.cat([y[:half], y[:half], y[2 * half :]])
         z = torch.randn((len(real), hyper["latent_dim"]), generator=noise, device=device)
         pixel_noise = torch.randn((len(real), 1, model.pad_h, model.pad_w), generator=noise, device=device)
         with autocast(device):  # bf16 forward on a capable GPU; backward outside, float32 weights (models/device.py)
@@ -180,6 +203,8 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
         optimizer_d.step()
         with autocast(device):
             loss_g = F.softplus(-model.discriminate(augmented(fake), y).float()).mean()
+            if hyper["mode_seeking"] and half:
+                loss_g = loss_g + hyper["mode_seeking"] * mode_seeking_term(fake[:half], fake[half : 2 * half], z[:half], z[half : 2 * half])
         optimizer_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optimizer_g.step()
