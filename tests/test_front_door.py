@@ -254,6 +254,24 @@ def test_a_killed_study_is_continued_by_the_same_direct_command(store, tiny, tmp
     assert store.runs(status="RUNNING") == []
 
 
+def test_a_run_claimed_by_a_process_killed_before_it_opened_the_run_is_ended_by_the_next_command(store, tmp_path):
+    """A kill can land between creating a stage's run and its first heartbeat (the study above once left an
+    evaluate run RUNNING that way); the run carries its creator's heartbeat from creation, so it is ended."""
+    synthmix = store.experiment("synthmix", create=True)
+    claim = ("import os, signal\nfrom tracking.stage import new_run\n"
+             f"run = new_run({synthmix!r}, 'claimed-then-killed', {{'synthmix.stage': 'evaluate'}})\n"
+             "print(run.info.run_id, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    killed = subprocess.run([sys.executable, "-c", claim], cwd=REPO, env=store.env, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    run_id = killed.stdout.split()[0]
+    assert store.client.get_run(run_id).info.status == "RUNNING"
+    from tracking.runs import end_dead_runs
+
+    assert end_dead_runs(synthmix) == [run_id]
+    ended = store.client.get_run(run_id)
+    assert ended.info.status == "FAILED" and "heartbeat" in ended.data.tags["synthmix.failed_by"]
+
+
 def test_a_killed_direct_train_continues_in_the_same_run(store, slow_epochs, tmp_path):
     args = ["train", "--data", str(slow_epochs), "--model", "smallcnn", "--batch-size", "16", "--device", "cpu", "--epochs", "3", "--checkpoint-every", "0"]
     log = tmp_path / "killed.log"

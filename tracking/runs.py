@@ -218,13 +218,14 @@ _beat_lock = threading.Lock()
 _beat_thread: list[threading.Thread] = []
 
 
-def _beat_value() -> str:
+def beat_value() -> str:
+    """The heartbeat tag's value for this process now (tag a run with it when it is claimed)."""
     return f"{socket.gethostname()} {os.getpid()} {time.time():.0f}"
 
 
 def start_heartbeat(run_id: str) -> None:
     """Mark `run_id` as run by this process now and every HEARTBEAT_S seconds until `stop_heartbeat`."""
-    MlflowClient().set_tag(run_id, TAG_HEARTBEAT, _beat_value())
+    MlflowClient().set_tag(run_id, TAG_HEARTBEAT, beat_value())
     with _beat_lock:
         _beating.add(run_id)
         if not _beat_thread:
@@ -245,7 +246,7 @@ def _beat_loop() -> None:
             run_ids = list(_beating)
         for run_id in run_ids:
             try:
-                MlflowClient().set_tag(run_id, TAG_HEARTBEAT, _beat_value())
+                MlflowClient().set_tag(run_id, TAG_HEARTBEAT, beat_value())
             except Exception:  # a busy store misses one beat; the grace period covers it
                 pass
 

@@ -32,7 +32,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 from tracking.runs import (
-    TAG_CODE, TAG_CONFIG, TAG_PRUNED, TAG_STAGE, announce, code_version, command_experiment, copy_metrics, end_dead_runs,
+    TAG_CODE, TAG_CONFIG, TAG_HEARTBEAT, TAG_PRUNED, TAG_STAGE, announce, beat_value, code_version, command_experiment, copy_metrics, end_dead_runs,
     find_runs, log_params_once, make_pointer, set_tags, start_heartbeat, stop_heartbeat, take_project_run,
 )
 
@@ -70,10 +70,12 @@ def is_pruned(error: BaseException) -> bool:
 
 
 def new_run(experiment_id: str, run_name: str, tags: dict, parent_id: str | None = None):
-    """Create a run (with MLflow's usual source and user tags) without activating it."""
+    """Create a run (with MLflow's usual source and user tags) without activating it. It carries this
+    process's heartbeat from the start, so a command killed before the run opens leaves no run that
+    stays RUNNING: `end_dead_runs` ends it."""
     from mlflow.tracking.context import registry
 
-    all_tags = registry.resolve_tags(tags)
+    all_tags = {**registry.resolve_tags(tags), TAG_HEARTBEAT: beat_value()}
     if parent_id:
         all_tags["mlflow.parentRunId"] = parent_id
     return MlflowClient().create_run(experiment_id, run_name=run_name, tags=all_tags)
@@ -146,7 +148,7 @@ def get_or_run(
             end_dead_runs(experiment_id, keep=(target.info.run_id,) if target is not None else ())
         if target is None:  # claimed now, so a worker waiting for the lock finds it
             run_id = project.info.run_id if project is not None else new_run(experiment_id, run_name, all_tags, parent and parent.info.run_id).info.run_id
-            set_tags(run_id, {**all_tags, "mlflow.runName": run_name})
+            set_tags(run_id, {**all_tags, "mlflow.runName": run_name, TAG_HEARTBEAT: beat_value()})
         else:
             run_id = target.info.run_id
     pointer = project.info.run_id if project is not None and project.info.run_id != run_id else None
