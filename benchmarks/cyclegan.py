@@ -40,6 +40,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._options import add_option_argument, parse_options  # noqa: E402
+
 CLASSES = ("cat", "coffee", "flower")
 GOALS = {"train_s": 600.0, "target_share": 0.80, "label_survival": 0.90}
 
@@ -109,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grids", default="", help="folder to write cyclegan_<target>.png (held-out source, translation, real shifted) into")
+    add_option_argument(parser)
     args = parser.parse_args(argv)
+    options = parse_options(parser, args.option)
     torch.set_num_threads(args.threads)
 
     from models.generators import cyclegan
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     source_train, source_labels, held, held_labels = to_tensor(train_x), torch.as_tensor(train_y), to_tensor(held_x), torch.as_tensor(held_y)
     classes = fit_classifier(source_train, source_labels, len(CLASSES), epochs=args.classifier_epochs, seed=args.seed, device=device, desc="class classifier")
     clean = accuracy(classes, held, held_labels, device)
-    hyper = cyclegan.defaults_for(args.size, args.size) | ({"epochs": args.epochs} if args.epochs else {}) | ({"batch_size": args.batch_size} if args.batch_size else {}) | ({"identity_weight": args.identity_weight} if args.identity_weight >= 0 else {}) | ({"upsample": args.upsample} if args.upsample else {}) | ({"residual": args.residual == "on"} if args.residual else {})
+    hyper = cyclegan.defaults_for(args.size, args.size) | ({"epochs": args.epochs} if args.epochs else {}) | ({"batch_size": args.batch_size} if args.batch_size else {}) | ({"identity_weight": args.identity_weight} if args.identity_weight >= 0 else {}) | ({"upsample": args.upsample} if args.upsample else {}) | ({"residual": args.residual == "on"} if args.residual else {}) | options
     print(f"source: {len(source_train)} train + {len(held)} held-out photos of {', '.join(CLASSES)} at {args.size} px; {args.target_count} target photos; "
           f"{args.threads} thread(s), {device}; translator {hyper}; class classifier accuracy on held-out source {clean:.3f}", flush=True)
 
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         domain = fit_classifier(domain_images, domain_labels, 2, epochs=args.classifier_epochs, seed=args.seed, device=device, desc="domain classifier")
         share = called_target(domain, translated, device)
         rows.append({
-            "target": kind + (f" (severity {args.snow_severity})" if kind == "snow" else "") + (f", identity {hyper['identity_weight']:g}" if args.identity_weight >= 0 else "") + (f", residual {args.residual}" if args.residual else ""), "train_s": train_s, "target_share": share,
+            "target": kind + (f" (severity {args.snow_severity})" if kind == "snow" else "") + (f", identity {hyper['identity_weight']:g}" if args.identity_weight >= 0 else "") + (f", residual {args.residual}" if args.residual else "") + "".join(f", {name} {value}" for name, value in options.items()), "train_s": train_s, "target_share": share,
             "source_called_target": called_target(domain, held, device),
             "real_shift_called_target": called_target(domain, real_shift, device),
             "label_survival": accuracy(classes, translated, held_labels, device) / clean,

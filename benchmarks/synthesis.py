@@ -28,7 +28,6 @@ reference machine: 2 cores, no GPU), or `--threads`; --device cuda for a GPU.
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TQDM_DISABLE", "1")
+
+from benchmarks._options import add_option_argument, parse_options  # noqa: E402
 
 GOALS_64 = "dcgan at 64 px colour: CAS >= 0.8 x real, train <= 300 s (3 x 200 images, 2 CPU cores), HF within 0.5..2, div >= 0.6"
 
@@ -53,17 +54,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default (one per core). 1 gives times that hold a fortiori on 2 cores while something else runs")
     parser.add_argument("--grids", default="", help="folder to save each generator's sample grid in (<kind>_<size>px.png, the first 8 of each class; real_<size>px.png too)")
-    parser.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="a generator option over its preset, e.g. mode_seeking=1 (repeatable; applies to every kind that has it)")
+    add_option_argument(parser)
     args = parser.parse_args()
-    options = {}
-    for item in args.option:
-        name, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--option takes NAME=VALUE, got {item!r}")
-        try:
-            options[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            options[name] = value
+    options = parse_options(parser, args.option)
 
     import torch
 

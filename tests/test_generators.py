@@ -286,3 +286,30 @@ def test_the_mode_seeking_term_punishes_one_image_for_every_noise_vector_not_pix
     diverse = mode_seeking_term(big[:8], big[8:], z_a, z_b)
     assert diverse < 3  # images that differ as much as their noise vectors: about 1 / 0.6
     assert mode_seeking_term(collapsed, jitter, z_a, z_b) > 5 * diverse  # pixel noise does not buy diversity
+
+
+def test_the_projection_discriminator_scores_an_image_by_its_class_and_old_checkpoints_still_load(tmp_path):
+    from models.generators import dcgan, load_generator
+    from models.generators.base import save_checkpoint
+
+    torch.manual_seed(0)
+    critic = dcgan.Discriminator(3, 3, [8, 16], 16, normalise=True, conditioning="projection")
+    images = torch.rand((6, 3, 16, 16)) * 2 - 1
+    critic.eval()  # spectral norm's power iteration stands still: every call below sees the same weights
+    with torch.no_grad():
+        critic.project.weight_orig.copy_(torch.randn_like(critic.project.weight_orig))
+        scores = torch.stack([critic(images, torch.full((6,), label)) for label in range(3)])
+        pooled, directions = critic.features(images).sum((2, 3)), critic.project(torch.arange(3))
+    # the same image as another class scores by the classes' directions in D's pooled features, nothing else
+    for a, b in ((0, 1), (1, 2), (0, 2)):
+        torch.testing.assert_close(scores[a] - scores[b], pooled @ (directions[a] - directions[b]), rtol=1e-4, atol=1e-5)
+    assert (scores[0] - scores[1]).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="choose projection or input"):
+        dcgan.Discriminator(3, 3, [8], 16, normalise=False, conditioning="both")
+
+    # a checkpoint written before the option (its config has no "conditioning", its D took label maps) rebuilds as such
+    config = {**dcgan.defaults_for(16, 16), "conditioning": "input", "base_channels": 8, "latent_dim": 4, "num_classes": 2, "image_channels": 3, "image_height": 16, "image_width": 16}
+    old = dcgan.DCGAN(config)
+    del old.config["conditioning"]
+    rebuilt = load_generator(save_checkpoint(old, tmp_path / "old.pt"))
+    assert rebuilt.config["conditioning"] == "input" and rebuilt.discriminator.project is None

@@ -218,6 +218,8 @@ def test_trained_generators_write_colour_photos_at_the_real_size_and_format_with
     assert (image.format, image.mode, image.size) == ("PNG" if size == 32 else "JPEG", "RGB", (size, size))
     config = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/generator/config.json")
     assert (config["image_height"], config["image_channels"]) == (size, 3)
+    if kind == "dcgan":
+        assert config["conditioning"] == "projection"  # the default discriminator since the projection one
     assert {k: config[k] for k in TINY_OPTIONS[kind] if k not in ("steps", "block_channels")} == {k: v for k, v in TINY_OPTIONS[kind].items() if k not in ("steps", "block_channels")}
 
 
@@ -232,6 +234,10 @@ def test_generator_options_are_checked_against_the_generator_before_any_run(phot
     assert result.returncode == 2 and "--mode-seeking '-1' must be a weight >= 0 (0 = off) or auto" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(InputError, match="--mode-seeking applies to dcgan, not vae"):
         synthesize({"data": str(photo_folders / "p32"), "generator": "vae", "mode_seeking": "0.2"})
+    with pytest.raises(InputError, match="--conditioning applies to dcgan, not vae"):
+        synthesize({"data": str(photo_folders / "p32"), "generator": "vae", "conditioning": "input"})
+    result = run_cli("synthesize", "--data", str(photo_folders / "p32"), "--generator", "dcgan", "--conditioning", "both")
+    assert result.returncode == 2 and "'both' is not one of 'auto', 'projection', 'input'" in result.stderr
     with pytest.raises(InputError, match="--residual applies to cyclegan, not dcgan"):
         synthesize({"data": str(photo_folders / "p32"), "generator": "dcgan", "residual": "on"})
     assert runs_of(experiment) == []

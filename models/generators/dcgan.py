@@ -6,10 +6,14 @@ scaled per channel (learned from 0; Karras et al. 2019) -> a 3 x 3 conv at
 full resolution -> tanh, cropped to H x W. G's convs reflect at the borders
 (zero padding drew a frame round every sample). Channels halve per stage from
 `base_channels` x 2^(stages-1), capped at `max_channels`, to `base_channels`.
-D mirrors it: [image, one-hot label maps] -> one stride-2 conv per halving
-(LeakyReLU 0.2; spectral norm instead of BatchNorm) -> a minibatch standard
-deviation feature (Karras et al. 2018) -> linear score. Non-saturating loss,
-Adam(0.5, 0.999), one D step per G step.
+D mirrors it: image -> one stride-2 conv per halving (LeakyReLU 0.2; spectral
+norm instead of BatchNorm) -> a minibatch standard deviation feature (Karras
+et al. 2018) phi -> score w . phi + embed(label) . phi, the projection
+discriminator (Miyato & Koyama 2018, `conditioning="projection"`): each class
+has its own direction in D's feature space, so a fake must look like its
+class, not merely real. `conditioning="input"` is the usual DCGAN way, one-hot
+label maps beside the image (checkpoints from before the option rebuild so).
+Non-saturating loss, Adam(0.5, 0.999), one D step per G step.
 
 For the small folders users have (a few hundred images per class):
 - DiffAugment (Zhao et al. 2020, `augment`): real and generated images are
@@ -57,6 +61,7 @@ DEFAULTS = dict(
     spectral_norm=True,  # spectral normalisation of D's convs and score
     augment="color,translation,cutout",  # DiffAugment policies applied before D; empty: none
     ema_decay=0.999,  # G weight average that samples; 0: the last weights
+    conditioning="projection",  # how D sees the label: projection (Miyato & Koyama 2018) or input (one-hot maps beside the image)
     mode_seeking=0.1,  # weight of the mode-seeking term (Mao et al. 2019): 1 / (image distance / z distance) of same-class pairs, pooled 4 x 4; 0: off
 )
 # by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
@@ -89,23 +94,38 @@ class NoiseInjection(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, channels: int, num_classes: int, widths: list[int], base_pixels: int, normalise: bool):
+    """`conditioning` "projection" (Miyato & Koyama 2018): the score is w . phi(x) + embed(y) . phi(x), so
+    every class has its own direction in D's feature space and a fake is judged as an image *of its class*;
+    "input": one-hot label maps concatenated to the image (the usual DCGAN conditioning, weaker: a sample
+    can pass with another class's colours)."""
+
+    def __init__(self, channels: int, num_classes: int, widths: list[int], base_pixels: int, normalise: bool, conditioning: str = "projection"):
         super().__init__()
-        self.num_classes = num_classes
+        if conditioning not in ("projection", "input"):
+            raise ValueError(f"unknown conditioning {conditioning!r}; choose projection or input")
+        self.num_classes, self.conditioning = num_classes, conditioning
         wrap = nn.utils.spectral_norm if normalise else (lambda module: module)
-        layers, previous = [], channels + num_classes
+        layers, previous = [], channels + (num_classes if conditioning == "input" else 0)
         for width in widths:
             layers += [wrap(nn.Conv2d(previous, width, 4, 2, 1)), nn.LeakyReLU(0.2)]
             previous = width
         self.features = nn.Sequential(*layers)
         self.score = wrap(nn.Linear((previous + 1) * base_pixels, 1))
+        # the projection acts on the sum-pooled features (as in Miyato & Koyama's ResNet critics): a class is a
+        # direction in what D sees anywhere in the image, not a per-position template
+        self.project = wrap(nn.Embedding(num_classes, previous)) if conditioning == "projection" else None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        maps = F.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[-2:])
-        h = self.features(torch.cat([x, maps], 1))
+        if self.conditioning == "input":
+            x = torch.cat([x, F.one_hot(labels, self.num_classes).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[-2:])], 1)
+        h = self.features(x)
         # minibatch standard deviation: lets D see a batch that lacks variety
         spread = h.std(dim=0, keepdim=True).mean(dim=1, keepdim=True).expand(len(h), 1, *h.shape[-2:])
-        return self.score(torch.cat([h, spread], 1).flatten(1)).squeeze(1)
+        phi = torch.cat([h, spread], 1).flatten(1)
+        score = self.score(phi).squeeze(1)
+        if self.project is not None:
+            score = score + (self.project(labels).to(h.dtype) * h.sum((2, 3))).sum(1)
+        return score
 
 
 class DCGAN(TrainedGenerator):
@@ -129,7 +149,7 @@ class DCGAN(TrainedGenerator):
         # output holds no detail finer than the previous stage's (2 x 2 blocks, smoothed)
         self.noise = NoiseInjection(previous)
         self.to_image = nn.Sequential(nn.Conv2d(previous, self.channels, 3, 1, 1, padding_mode="reflect"), nn.Tanh())
-        self.discriminator = Discriminator(self.channels, self.num_classes, widths, self.base_h * self.base_w, bool(config["spectral_norm"]))
+        self.discriminator = Discriminator(self.channels, self.num_classes, widths, self.base_h * self.base_w, bool(config["spectral_norm"]), config["conditioning"])
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, pixel_noise: torch.Tensor) -> torch.Tensor:
         """Images from z [N, latent_dim] and pixel_noise [N, 1, pad_h, pad_w] (standard normal)."""
@@ -148,7 +168,8 @@ class DCGAN(TrainedGenerator):
 
 
 def build(config: dict) -> DCGAN:
-    return DCGAN({**DEFAULTS, **config})
+    # a checkpoint from before the projection discriminator has no "conditioning": its D took the labels as input maps
+    return DCGAN({**DEFAULTS, "conditioning": "input", **config})
 
 
 def _average_into(average: list[nn.Module], current: list[nn.Module], decay: float) -> None:
