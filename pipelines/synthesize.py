@@ -64,6 +64,9 @@ PARAMS = [
     option("upsample", "auto", "dcgan: resize (nearest x2 then a 3x3 conv: no checkerboard) or transposed (the DCGAN paper's 4x4 stride-2 transposed conv); auto = resize.", click.Choice(["auto", "resize", "transposed"])),
     option("conditioning", "auto", "dcgan: how the discriminator sees the label: projection (Miyato & Koyama 2018: a learnt direction per class in its feature space, so a fake "
            "is judged as an image of its class) or input (one-hot label maps beside the image, the usual DCGAN conditioning); auto = projection.", click.Choice(["auto", "projection", "input"])),
+    option("pixel_noise", "auto", "dcgan: where the generator adds its per-pixel noise (scaled per channel, learnt from 0; Karras et al. 2019): half = before the last up-sampling stage, "
+           "whose nearest x2 + 3x3 conv smooths it; full = at the output's resolution (the default before; it can become a top-frequency dither); none = no pixel noise; auto = half.",
+           click.Choice(["auto", "half", "full", "none"])),
     option("diff_augment", "auto", "dcgan: DiffAugment policies applied to real and generated images before the discriminator, comma-separated from color, translation, cutout; none = off; auto = all three.", str),
     option("spectral_norm", True, "dcgan: spectral normalisation of the discriminator's layers.", bool),
     option("ema_decay", 0.0, "dcgan, ddpm: decay of the exponential moving average of the generator's weights that samples (per training step); 0 = the generator's default (dcgan 0.999, ddpm 0.995).", click.FloatRange(0, 1, max_open=True)),
@@ -289,7 +292,7 @@ GENERATOR_OPTIONS = {
     "epochs": (TRAINED, "epochs"), "batch_size": (TRAINED, "batch_size"), "lr": (TRAINED, "lr"),
     "base_channels": (("dcgan", "vae", "cyclegan"), "base_channels"), "latent_dim": (("dcgan", "vae"), "latent_dim"),
     "block_channels": (("ddpm",), "block_channels"), "upsample": (("dcgan",), "upsample"),
-    "conditioning": (("dcgan",), "conditioning"),
+    "conditioning": (("dcgan",), "conditioning"), "pixel_noise": (("dcgan",), "pixel_noise"),
     "diff_augment": (("dcgan",), "augment"), "spectral_norm": (("dcgan",), "spectral_norm"), "ema_decay": (("dcgan", "ddpm"), "ema_decay"),
     "mode_seeking": (("dcgan",), "mode_seeking"), "residual": (("cyclegan",), "residual"),
     "blocks": (("cyclegan",), "blocks"), "cycle_weight": (("cyclegan",), "cycle_weight"),

@@ -313,3 +313,38 @@ def test_the_projection_discriminator_scores_an_image_by_its_class_and_old_check
     del old.config["conditioning"]
     rebuilt = load_generator(save_checkpoint(old, tmp_path / "old.pt"))
     assert rebuilt.config["conditioning"] == "input" and rebuilt.discriminator.project is None
+
+
+def test_dcgan_pixel_noise_added_at_half_resolution_is_smoothed_and_old_checkpoints_keep_it_at_full(tmp_path):
+    """The pixel noise's place (--pixel-noise): "half" adds it before the last up-sampling stage, so what it
+    changes in an image has less top-band energy than the same noise at the output's resolution ("full", the
+    layout before the option); "none" has none. A checkpoint from before the option rebuilds with "full"."""
+    from imaging.artefacts import high_frequency_share
+    from models.generators import dcgan, load_generator
+    from models.generators.base import save_checkpoint
+
+    base = {**dcgan.defaults_for(32, 32), "base_channels": 8, "latent_dim": 4, "num_classes": 2, "image_channels": 3, "image_height": 32, "image_width": 32}
+    z, labels = torch.randn((8, 4), generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1] * 4)
+    shares = {}
+    for mode, shape in (("half", (1, 16, 16)), ("full", (1, 32, 32))):
+        torch.manual_seed(1)
+        model = dcgan.DCGAN({**base, "pixel_noise": mode}).eval()
+        assert model.noise_shape == shape
+        with torch.no_grad():
+            model.noise.strength.fill_(1.0)  # learnt from 0; here as if trained to unit strength
+            draws = [model.generate(z, labels, torch.randn((8, *shape), generator=torch.Generator().manual_seed(seed))) for seed in (2, 3)]
+        change = draws[0] - draws[1]  # what the pixel noise alone does to the images
+        assert change.abs().mean() > 1e-3
+        shares[mode] = high_frequency_share(((change / change.abs().max() + 1) * 127.5).round().to(torch.uint8)).mean()
+    assert shares["half"] < 0.5 * shares["full"], shares
+    quiet = dcgan.DCGAN({**base, "pixel_noise": "none"}).eval()
+    assert quiet.noise is None and all(m is not None for m in quiet.generator_modules())
+    with pytest.raises(ValueError, match="choose half, full, none"):
+        dcgan.DCGAN({**base, "pixel_noise": "quarter"})
+
+    old = dcgan.DCGAN({**base, "pixel_noise": "full", "conditioning": "projection"})
+    del old.config["pixel_noise"]
+    rebuilt = load_generator(save_checkpoint(old, tmp_path / "old.pt"))
+    assert rebuilt.config["pixel_noise"] == "full" and rebuilt.noise_shape == (1, 32, 32)
+    for name, value in old.state_dict().items():
+        torch.testing.assert_close(rebuilt.state_dict()[name], value)

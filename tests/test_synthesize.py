@@ -219,7 +219,7 @@ def test_trained_generators_write_colour_photos_at_the_real_size_and_format_with
     config = mlflow.artifacts.load_dict(f"runs:/{result.run_id}/generator/config.json")
     assert (config["image_height"], config["image_channels"]) == (size, 3)
     if kind == "dcgan":
-        assert config["conditioning"] == "projection"  # the default discriminator since the projection one
+        assert (config["conditioning"], config["pixel_noise"]) == ("projection", "half")  # the defaults since those options
     assert {k: config[k] for k in TINY_OPTIONS[kind] if k not in ("steps", "block_channels")} == {k: v for k, v in TINY_OPTIONS[kind].items() if k not in ("steps", "block_channels")}
 
 
@@ -238,6 +238,8 @@ def test_generator_options_are_checked_against_the_generator_before_any_run(phot
         synthesize({"data": str(photo_folders / "p32"), "generator": "vae", "conditioning": "input"})
     result = run_cli("synthesize", "--data", str(photo_folders / "p32"), "--generator", "dcgan", "--conditioning", "both")
     assert result.returncode == 2 and "'both' is not one of 'auto', 'projection', 'input'" in result.stderr
+    with pytest.raises(InputError, match="--pixel-noise applies to dcgan, not ddpm"):
+        synthesize({"data": str(photo_folders / "p32"), "generator": "ddpm", "pixel_noise": "full"})
     with pytest.raises(InputError, match="--residual applies to cyclegan, not dcgan"):
         synthesize({"data": str(photo_folders / "p32"), "generator": "dcgan", "residual": "on"})
     assert runs_of(experiment) == []

@@ -1,8 +1,9 @@
 """Class-conditional DCGAN (Radford et al. 2016), grown with the image.
 
 G: [z, embed(label)] -> linear -> a 4..7 px map -> one up-sampling stage per
-doubling of the side (`base.stage_layout`; BatchNorm, ReLU) -> per-pixel noise
-scaled per channel (learned from 0; Karras et al. 2019) -> a 3 x 3 conv at
+doubling of the side (`base.stage_layout`; BatchNorm, ReLU), with per-pixel
+noise scaled per channel (learned from 0; Karras et al. 2019) added before the
+last stage (`pixel_noise="half"`; "full": after it, "none") -> a 3 x 3 conv at
 full resolution -> tanh, cropped to H x W. G's convs reflect at the borders
 (zero padding drew a frame round every sample). Channels halve per stage from
 `base_channels` x 2^(stages-1), capped at `max_channels`, to `base_channels`.
@@ -63,6 +64,7 @@ DEFAULTS = dict(
     ema_decay=0.999,  # G weight average that samples; 0: the last weights
     conditioning="projection",  # how D sees the label: projection (Miyato & Koyama 2018) or input (one-hot maps beside the image)
     mode_seeking=0.1,  # weight of the mode-seeking term (Mao et al. 2019): 1 / (image distance / z distance) of same-class pairs, pooled 4 x 4; 0: off
+    pixel_noise="half",  # where G adds its per-pixel noise: half (before the last up-sampling stage), full (at the output's resolution) or none
 )
 # by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
 PRESETS = {
@@ -70,6 +72,9 @@ PRESETS = {
     64: dict(epochs=100, batch_size=32, base_channels=16),
     128: dict(epochs=60, batch_size=32, base_channels=8),
 }
+
+
+PIXEL_NOISE = ("half", "full", "none")
 
 
 def defaults_for(height: int, width: int) -> dict:
@@ -139,37 +144,50 @@ class DCGAN(TrainedGenerator):
         top = widths[-1]
         self.label_embed = nn.Embedding(self.num_classes, config["embed_dim"])
         self.project = nn.Sequential(nn.Linear(config["latent_dim"] + config["embed_dim"], top * self.base_h * self.base_w), nn.BatchNorm1d(top * self.base_h * self.base_w), nn.ReLU())
-        layers, previous = [], top
-        for width in [*reversed(widths[:-1]), widths[0]]:
+        layers, previous, stage_channels = [], top, [top, *reversed(widths[:-1]), widths[0]]  # after 0, 1, .. stages
+        for width in stage_channels[1:]:
             layers += [*_up(previous, width, config["upsample"]), nn.BatchNorm2d(width), nn.ReLU()]
             previous = width
         self.generator = nn.Sequential(*layers)
-        # per-pixel noise, scaled per channel (learned, from 0), at full resolution (Karras et al. 2019): fine texture
-        # the z vector cannot place pixel by pixel; then a 3 x 3 conv at full resolution: without it, resize-conv's
-        # output holds no detail finer than the previous stage's (2 x 2 blocks, smoothed)
-        self.noise = NoiseInjection(previous)
+        # per-pixel noise, scaled per channel (learned, from 0; Karras et al. 2019): fine texture the z vector cannot
+        # place pixel by pixel. "full" adds it at the output's resolution, where nothing after it but one 3 x 3 conv
+        # can shape it: on one 64 px seed out of three it became a dither with 1.9-2.8x the real images' top-band
+        # energy. "half" adds it before the last up-sampling stage, whose nearest x2 + conv smooths it
+        mode = config["pixel_noise"]
+        if mode not in PIXEL_NOISE:
+            raise ValueError(f"unknown pixel_noise {mode!r}; choose {', '.join(PIXEL_NOISE)}")
+        per_stage = len(layers) // stages
+        self.noise_at = {"full": len(layers), "half": len(layers) - per_stage, "none": None}[mode]
+        self.noise_shape = (1, self.pad_h // (2 if mode == "half" else 1), self.pad_w // (2 if mode == "half" else 1))
+        self.noise = None if mode == "none" else NoiseInjection(stage_channels[stages - (mode == "half")])
+        # then a 3 x 3 conv at full resolution: without it, resize-conv's output holds no detail finer than the
+        # previous stage's (2 x 2 blocks, smoothed)
         self.to_image = nn.Sequential(nn.Conv2d(previous, self.channels, 3, 1, 1, padding_mode="reflect"), nn.Tanh())
         self.discriminator = Discriminator(self.channels, self.num_classes, widths, self.base_h * self.base_w, bool(config["spectral_norm"]), config["conditioning"])
 
     def generate(self, z: torch.Tensor, labels: torch.Tensor, pixel_noise: torch.Tensor) -> torch.Tensor:
-        """Images from z [N, latent_dim] and pixel_noise [N, 1, pad_h, pad_w] (standard normal)."""
+        """Images from z [N, latent_dim] and pixel_noise [N, *noise_shape] (standard normal; ignored without pixel noise)."""
         h = self.project(torch.cat([z, self.label_embed(labels)], dim=1)).view(len(z), -1, self.base_h, self.base_w)
-        return crop_to(self.to_image(self.noise(self.generator(h), pixel_noise)), self.height, self.width)
+        if self.noise is None:
+            return crop_to(self.to_image(self.generator(h)), self.height, self.width)
+        h = self.noise(self.generator[: self.noise_at](h), pixel_noise)
+        return crop_to(self.to_image(self.generator[self.noise_at :](h)), self.height, self.width)
 
     def discriminate(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.discriminator(pad_to(images, self.pad_h, self.pad_w), labels)
 
     def generator_modules(self) -> list[nn.Module]:
-        return [self.label_embed, self.project, self.generator, self.noise, self.to_image]
+        return [m for m in (self.label_embed, self.project, self.generator, self.noise, self.to_image) if m is not None]
 
     def sample_batch(self, labels, generators, steps=None):
         z = per_image_noise(generators, (self.config["latent_dim"],), self.device)  # each image's generator: z, then its pixel noise
-        return self.generate(z, labels, per_image_noise(generators, (1, self.pad_h, self.pad_w), self.device))
+        return self.generate(z, labels, per_image_noise(generators, self.noise_shape, self.device))
 
 
 def build(config: dict) -> DCGAN:
     # a checkpoint from before the projection discriminator has no "conditioning": its D took the labels as input maps
-    return DCGAN({**DEFAULTS, "conditioning": "input", **config})
+    # one from before pixel_noise added it at full resolution
+    return DCGAN({**DEFAULTS, "conditioning": "input", "pixel_noise": "full", **config})
 
 
 def _average_into(average: list[nn.Module], current: list[nn.Module], decay: float) -> None:
@@ -214,7 +232,7 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
         if hyper["mode_seeking"] and half:  # the fakes come in same-class pairs (i, i + half) for the mode-seeking term
             y = torch.cat([y[:half], y[:half], y[2 * half :]])
         z = torch.randn((len(real), hyper["latent_dim"]), generator=noise, device=device)
-        pixel_noise = torch.randn((len(real), 1, model.pad_h, model.pad_w), generator=noise, device=device)
+        pixel_noise = torch.randn((len(real), *model.noise_shape), generator=noise, device=device)
         with autocast(device):  # bf16 forward on a capable GPU; backward outside, float32 weights (models/device.py)
             fake = model.generate(z, y, pixel_noise)
             # non-saturating GAN loss: softplus(-s) = -log sigmoid(s) on real, softplus(s) on fake
