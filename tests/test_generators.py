@@ -131,12 +131,18 @@ def test_text2img_makes_one_image_per_prompt_and_seed(text2img):
     prompts = ["a photo of the digit one", "a photo of the digit two", "a photo of the digit one"]
     results = generate_text2img(text2img, prompts, [11, 12, 11], steps=2, batch_size=2, progress=False)
     assert [(image.size, image.mode, flagged) for image, flagged in results] == [((32, 32), "RGB", False)] * 3
-    pixels = [np.asarray(image) for image, _ in results]
+    pixels = [np.asarray(image).astype(int) for image, _ in results]
+
+    def same_image(a, b):
+        # a batch of another size may take other float kernels (with one CPU thread it does): the same image,
+        # give or take one grey level in a few values; another seed differs by ~40 levels on average
+        return np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+
     # same prompt and seed -> the same image, though drawn in a different batch
-    assert np.array_equal(pixels[0], pixels[2])
-    assert not np.array_equal(pixels[0], pixels[1])
+    assert same_image(pixels[0], pixels[2])
+    assert np.abs(pixels[0] - pixels[1]).mean() > 10
     again = generate_text2img(text2img, prompts[1:2], [12], steps=2, progress=False)
-    assert np.array_equal(np.asarray(again[0][0]), pixels[1])
+    assert same_image(np.asarray(again[0][0]).astype(int), pixels[1])
 
 
 def test_img2img_keeps_the_source_size_and_is_seeded(tiny_sd_folder):
