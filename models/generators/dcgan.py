@@ -156,10 +156,10 @@ class DCGAN(TrainedGenerator):
         mode = config["pixel_noise"]
         if mode not in PIXEL_NOISE:
             raise ValueError(f"unknown pixel_noise {mode!r}; choose {', '.join(PIXEL_NOISE)}")
-        per_stage = len(layers) // stages
-        self.noise_at = {"full": len(layers), "half": len(layers) - per_stage, "none": None}[mode]
-        self.noise_shape = (1, self.pad_h // (2 if mode == "half" else 1), self.pad_w // (2 if mode == "half" else 1))
-        self.noise = None if mode == "none" else NoiseInjection(stage_channels[stages - (mode == "half")])
+        after = 1 if mode == "half" else 0  # up-sampling stages after the noise
+        self.noise_at = len(layers) - after * (len(layers) // stages)  # the generator's layers before it
+        self.noise_shape = (1, self.pad_h // 2**after, self.pad_w // 2**after)
+        self.noise = None if mode == "none" else NoiseInjection(stage_channels[stages - after])
         # then a 3 x 3 conv at full resolution: without it, resize-conv's output holds no detail finer than the
         # previous stage's (2 x 2 blocks, smoothed)
         self.to_image = nn.Sequential(nn.Conv2d(previous, self.channels, 3, 1, 1, padding_mode="reflect"), nn.Tanh())
@@ -168,9 +168,9 @@ class DCGAN(TrainedGenerator):
     def generate(self, z: torch.Tensor, labels: torch.Tensor, pixel_noise: torch.Tensor) -> torch.Tensor:
         """Images from z [N, latent_dim] and pixel_noise [N, *noise_shape] (standard normal; ignored without pixel noise)."""
         h = self.project(torch.cat([z, self.label_embed(labels)], dim=1)).view(len(z), -1, self.base_h, self.base_w)
-        if self.noise is None:
-            return crop_to(self.to_image(self.generator(h)), self.height, self.width)
-        h = self.noise(self.generator[: self.noise_at](h), pixel_noise)
+        h = self.generator[: self.noise_at](h)
+        if self.noise is not None:
+            h = self.noise(h, pixel_noise)
         return crop_to(self.to_image(self.generator[self.noise_at :](h)), self.height, self.width)
 
     def discriminate(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
