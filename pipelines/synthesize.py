@@ -72,6 +72,8 @@ PARAMS = [
     option("ema_decay", 0.0, "dcgan, ddpm: decay of the exponential moving average of the generator's weights that samples (per training step); 0 = the generator's default (dcgan 0.999, ddpm 0.995).", click.FloatRange(0, 1, max_open=True)),
     option("mode_seeking", "auto", "dcgan: weight of the mode-seeking term (Mao et al. 2019: 1 / the distance between two images of a class over the distance between their noise vectors, "
            "on images pooled 4 x 4); it keeps every noise vector from drawing the same image (mode collapse). 0 = off; auto = 0.1.", str),
+    option("spectral_loss", "auto", "dcgan: weight of the spectral term (after Durall et al. 2020): the mean |log| ratio of the generated and real batches' shares of spectral energy in 8 radial "
+           "frequency bands, added to the generator's loss; it keeps samples from being blurrier or more dithered than the real images. 0 = off; auto = 0.3.", str),
     option("residual", "off", "cyclegan: on = each generator outputs a change to its input (tanh(atanh(x) + its last conv), which starts at 0), so it starts as the identity and keeps "
            "the image's detail: the label survives better, the shift is learnt more slowly (README, CycleGAN); off = the paper's generator.", click.Choice(["on", "off"])),
     option("blocks", 0, "cyclegan: residual blocks of each generator; 0 = the paper's: 6 up to 128 px, 9 above.", click.IntRange(0)),
@@ -294,7 +296,7 @@ GENERATOR_OPTIONS = {
     "block_channels": (("ddpm",), "block_channels"), "upsample": (("dcgan",), "upsample"),
     "conditioning": (("dcgan",), "conditioning"), "pixel_noise": (("dcgan",), "pixel_noise"),
     "diff_augment": (("dcgan",), "augment"), "spectral_norm": (("dcgan",), "spectral_norm"), "ema_decay": (("dcgan", "ddpm"), "ema_decay"),
-    "mode_seeking": (("dcgan",), "mode_seeking"), "residual": (("cyclegan",), "residual"),
+    "mode_seeking": (("dcgan",), "mode_seeking"), "spectral_loss": (("dcgan",), "spectral_loss"), "residual": (("cyclegan",), "residual"),
     "blocks": (("cyclegan",), "blocks"), "cycle_weight": (("cyclegan",), "cycle_weight"),
     "identity_weight": (("cyclegan",), "identity_weight"), "pool_size": (("cyclegan",), "pool_size"),
 }
@@ -326,13 +328,13 @@ def generator_options(params: dict) -> dict:
                 parse_policy(value)
             except ValueError as error:
                 raise InputError(f"--diff-augment {params[name]!r}: {error}.") from error
-        if name == "mode_seeking":
+        if name in ("mode_seeking", "spectral_loss"):
             try:
                 value = float(value)
             except ValueError:
                 value = -1.0
-            if not value >= 0:
-                raise InputError(f"--mode-seeking {params[name]!r} must be a weight >= 0 (0 = off) or auto.")
+            if not (0 <= value < float("inf")):
+                raise InputError(f"--{name.replace('_', '-')} {params[name]!r} must be a weight >= 0 (0 = off) or auto.")
         if name == "residual":
             value = value == "on"
         chosen[hyper] = value

@@ -294,6 +294,38 @@ def test_the_mode_seeking_term_punishes_one_image_for_every_noise_vector_not_pix
     assert mode_seeking_term(collapsed, jitter, z_a, z_b) > 5 * diverse  # pixel noise does not buy diversity
 
 
+def test_the_spectral_term_measures_what_the_artefact_ratio_does_and_its_gradient_restores_the_top_band():
+    """The spectral term (--spectral-loss) compares radial power-spectrum shares: 0 for a batch with the real
+    images' spectrum, large for a blurred or a dithered one, and gradient steps on it alone move a blurred batch's
+    top-band share (imaging/artefacts.py's HF measure) from far below the real images' to within 2x of it."""
+    from imaging.artefacts import high_frequency_share
+    from models.generators.dcgan import radial_power_shares, spectral_term
+
+    generator = torch.Generator().manual_seed(0)
+    real = (torch.rand((16, 3, 32, 32), generator=generator) * 2 - 1).clamp(-1, 1)
+    real = torch.nn.functional.avg_pool2d(real, 3, 1, 1, count_include_pad=False)  # photo-like: energy falls with frequency
+    shares = radial_power_shares(real)
+    assert shares.shape == (3, 8) and torch.allclose(shares.sum(1), torch.ones(3))
+    assert spectral_term(real.flip(0), real) < 1e-5  # the same spectrum, other order
+    blurred = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(real, 4), scale_factor=4, mode="bilinear")
+    dithered = real + 0.3 * (torch.arange(32).view(1, 32) + torch.arange(32).view(32, 1)).remainder(2).sub(0.5)
+    assert spectral_term(blurred, real) > 1 and spectral_term(dithered, real) > 0.3
+
+    def hf_ratio(x):
+        as_uint8 = ((x.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return high_frequency_share(as_uint8) / high_frequency_share(((real + 1) * 127.5).round().to(torch.uint8))
+
+    assert hf_ratio(blurred).max() < 0.2
+    fake = blurred.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([fake], lr=0.01)
+    for _ in range(150):
+        optimizer.zero_grad()
+        spectral_term(fake, real).backward()
+        optimizer.step()
+    assert 0.5 <= hf_ratio(fake).min() and hf_ratio(fake).max() <= 2
+    assert spectral_term(fake, real) < 0.3 * spectral_term(blurred, real)
+
+
 def test_the_projection_discriminator_scores_an_image_by_its_class_and_old_checkpoints_still_load(tmp_path):
     from models.generators import dcgan, load_generator
     from models.generators.base import save_checkpoint

@@ -232,6 +232,10 @@ def test_generator_options_are_checked_against_the_generator_before_any_run(phot
         synthesize({"data": str(photo_folders / "p32"), "generator": "dcgan", "diff_augment": "blur"})
     result = run_cli("synthesize", "--data", str(photo_folders / "p32"), "--generator", "dcgan", "--mode-seeking", "-1")
     assert result.returncode == 2 and "--mode-seeking '-1' must be a weight >= 0 (0 = off) or auto" in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(InputError, match="--spectral-loss 'strong' must be a weight >= 0"):
+        synthesize({"data": str(photo_folders / "p32"), "generator": "dcgan", "spectral_loss": "strong"})
+    with pytest.raises(InputError, match="--spectral-loss applies to dcgan, not ddpm"):
+        synthesize({"data": str(photo_folders / "p32"), "generator": "ddpm", "spectral_loss": "0.5"})
     with pytest.raises(InputError, match="--mode-seeking applies to dcgan, not vae"):
         synthesize({"data": str(photo_folders / "p32"), "generator": "vae", "mode_seeking": "0.2"})
     with pytest.raises(InputError, match="--conditioning applies to dcgan, not vae"):
