@@ -299,7 +299,7 @@ def test_the_spectral_term_measures_what_the_artefact_ratio_does_and_its_gradien
     images' spectrum, large for a blurred or a dithered one, and gradient steps on it alone move a blurred batch's
     top-band share (imaging/artefacts.py's HF measure) from far below the real images' to within 2x of it."""
     from imaging.artefacts import high_frequency_share
-    from models.generators.dcgan import radial_power_shares, spectral_term
+    from models.generators.spectral import radial_power_shares, spectral_term
 
     generator = torch.Generator().manual_seed(0)
     real = (torch.rand((16, 3, 32, 32), generator=generator) * 2 - 1).clamp(-1, 1)

@@ -54,6 +54,7 @@ from torch import nn
 from models.device import autocast
 from models.generators.augment import diff_augment, parse_policy
 from models.generators.base import TrainedGenerator, crop_to, pad_to, per_image_noise, preset_for, seeded_model, stage_layout, train_loop
+from models.generators.spectral import spectral_term
 
 DEFAULTS = dict(
     epochs=30,  # passes over the train split
@@ -217,33 +218,6 @@ def mode_seeking_term(fake_a: torch.Tensor, fake_b: torch.Tensor, z_a: torch.Ten
     a, b = F.avg_pool2d(fake_a.float(), pool), F.avg_pool2d(fake_b.float(), pool)
     ratio = (a - b).abs().mean() / (z_a - z_b).abs().mean()
     return 1.0 / (ratio + eps)
-
-
-SPECTRAL_BANDS = 8  # radial bands from 0 to the corner frequency (sqrt 2 x Nyquist)
-
-
-def radial_power_shares(images: torch.Tensor, bands: int = SPECTRAL_BANDS) -> torch.Tensor:
-    """[C, bands]: per channel, the batch-mean share of each image's spectral energy (DC removed) in each radial
-    frequency band, equal widths from 0 to sqrt(2) x Nyquist (imaging/artefacts.py's measure, made differentiable)."""
-    x = images.float()
-    x = x - x.mean((2, 3), keepdim=True)
-    power = torch.fft.fft2(x).abs().square().flatten(2)  # [N, C, H * W]
-    fy = torch.fft.fftfreq(x.shape[2], device=x.device)[:, None]
-    fx = torch.fft.fftfreq(x.shape[3], device=x.device)[None, :]
-    radius = ((fy**2 + fx**2).sqrt() / 0.5).flatten()  # 1 = Nyquist along an axis
-    band = (radius / (2**0.5) * bands).long().clamp(max=bands - 1)
-    per_band = torch.zeros(*power.shape[:2], bands, device=x.device).index_add_(2, band, power)
-    return (per_band / per_band.sum(2, keepdim=True).clamp_min(1e-12)).mean(0)
-
-
-def spectral_term(fake: torch.Tensor, real: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Mean |log(fake share / real share)| over channels and radial bands (the real shares are a fixed target):
-    0 when the fakes put their energy in the same frequency bands as the real images. Durall et al. 2020 found
-    up-sampling generators cannot match the top of the spectrum without such a term; ours pulls both ways, against
-    a dither (too much energy at the top) and against blur (too little)."""
-    with torch.no_grad():
-        target = radial_power_shares(real)
-    return (torch.log(radial_power_shares(fake) + eps) - torch.log(target + eps)).abs().mean()
 
 
 def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, progress) -> DCGAN:
