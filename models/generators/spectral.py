@@ -30,9 +30,7 @@ def radial_power_shares(images: torch.Tensor, bands: int = SPECTRAL_BANDS) -> to
 
 def spectral_term(fake: torch.Tensor, real: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Mean |log(fake share / real share)| over channels and radial bands (the real shares are a fixed target):
-    0 when the fakes put their energy in the same frequency bands as the real images. Durall et al. 2020 found
-    up-sampling generators cannot match the top of the spectrum without such a term; ours pulls both ways, against
-    a dither (too much energy at the top) and against blur (too little)."""
+    0 when the fakes put their energy in the same frequency bands as the real images."""
     with torch.no_grad():
         target = radial_power_shares(real)
     return (torch.log(radial_power_shares(fake) + eps) - torch.log(target + eps)).abs().mean()
