@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--identity-weight", type=float, default=-1, help="identity loss weight; -1 = the paper's 5")
     parser.add_argument("--classifier-epochs", type=int, default=8, help="epochs of the smallcnn domain and class classifiers")
     parser.add_argument("--upsample", default="", help="translator up-sampling: transposed or resize; empty = the preset's")
-    parser.add_argument("--residual", choices=["", "on", "off"], default="", help="translator generators output a change to their input (on) or the paper's plain image (off); empty = the preset's")
+    parser.add_argument("--residual", choices=["", "on", "tanh", "off"], default="", help="translator generators output a change to their input (on: clipped input + change; tanh: tanh(atanh(input) + change)) or the paper's plain image (off); empty = the preset's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grids", default="", help="folder to write cyclegan_<target>.png (held-out source, translation, real shifted) into")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     source_train, source_labels, held, held_labels = to_tensor(train_x), torch.as_tensor(train_y), to_tensor(held_x), torch.as_tensor(held_y)
     classes = fit_classifier(source_train, source_labels, len(CLASSES), epochs=args.classifier_epochs, seed=args.seed, device=device, desc="class classifier")
     clean = accuracy(classes, held, held_labels, device)
-    hyper = cyclegan.defaults_for(args.size, args.size) | ({"epochs": args.epochs} if args.epochs else {}) | ({"batch_size": args.batch_size} if args.batch_size else {}) | ({"identity_weight": args.identity_weight} if args.identity_weight >= 0 else {}) | ({"upsample": args.upsample} if args.upsample else {}) | ({"residual": args.residual == "on"} if args.residual else {}) | options
+    hyper = cyclegan.defaults_for(args.size, args.size) | ({"epochs": args.epochs} if args.epochs else {}) | ({"batch_size": args.batch_size} if args.batch_size else {}) | ({"identity_weight": args.identity_weight} if args.identity_weight >= 0 else {}) | ({"upsample": args.upsample} if args.upsample else {}) | ({"residual": args.residual != "off", "residual_form": "tanh" if args.residual == "tanh" else "linear"} if args.residual else {}) | options
     print(f"source: {len(source_train)} train + {len(held)} held-out photos of {', '.join(CLASSES)} at {args.size} px; {args.target_count} target photos; "
           f"{args.threads} thread(s), {device}; translator {hyper}; class classifier accuracy on held-out source {clean:.3f}", flush=True)
 

@@ -74,8 +74,9 @@ PARAMS = [
            "on images pooled 4 x 4); it keeps every noise vector from drawing the same image (mode collapse). 0 = off; auto = 0.1.", str),
     option("spectral_loss", "auto", "dcgan: weight of the spectral term (after Durall et al. 2020): the mean |log| ratio of the generated and real batches' shares of spectral energy in 8 radial "
            "frequency bands, added to the generator's loss; it keeps samples from being blurrier or more dithered than the real images. 0 = off; auto = 0.3.", str),
-    option("residual", "off", "cyclegan: on = each generator outputs a change to its input (tanh(atanh(x) + its last conv), which starts at 0), so it starts as the identity and keeps "
-           "the image's detail: the label survives better, the shift is learnt more slowly (README, CycleGAN); off = the paper's generator.", click.Choice(["on", "off"])),
+    option("residual", "auto", "cyclegan: on = each generator outputs its input plus a change (its last conv, which starts at 0), clipped to the pixel range: it starts as the identity, "
+           "keeps the image's detail and colour, and the label survives (README, CycleGAN); tanh = that change added before a tanh (tanh(atanh(x) + change)), which learns a brightening "
+           "shift slowly; off = the paper's generator, which draws the whole image (blurred after a CPU-sized training); auto = on.", click.Choice(["auto", "on", "tanh", "off"])),
     option("blocks", 0, "cyclegan: residual blocks of each generator; 0 = the paper's: 6 up to 128 px, 9 above.", click.IntRange(0)),
     option("cycle_weight", 10.0, "cyclegan: weight of the L1 cycle-consistency loss (lambda; the paper's 10).", click.FloatRange(0)),
     option("identity_weight", 5.0, "cyclegan: weight of the L1 identity loss (the paper's 0.5 x lambda = 5); 0 = off.", click.FloatRange(0)),
@@ -336,7 +337,8 @@ def generator_options(params: dict) -> dict:
             if not (0 <= value < float("inf")):
                 raise InputError(f"--{name.replace('_', '-')} {params[name]!r} must be a weight >= 0 (0 = off) or auto.")
         if name == "residual":
-            value = value == "on"
+            chosen["residual_form"] = "tanh" if value == "tanh" else "linear"
+            value = value != "off"  # auto is skipped above: the generator's default
         chosen[hyper] = value
     return chosen
 

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -97,7 +98,7 @@ def test_the_stage_writes_a_translated_copy_of_each_real_train_image_with_its_so
 
     photos, snowy = domains
     result = run_cli("synthesize", "--data", str(photos), "--generator", "cyclegan", "--target-data", str(snowy), "--epochs", "1",
-                     "--per-class", "5", "--quality-epochs", "1", "--seed", "2", "--residual", "on", env=ONE_THREAD)
+                     "--per-class", "5", "--quality-epochs", "1", "--seed", "2", env=ONE_THREAD)
     assert result.returncode == 0, result.stderr[-3000:]
     [run] = runs_of(experiment, "synthesize")
     frame = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="dataset/manifest.csv"), keep_default_na=False)
@@ -119,7 +120,7 @@ def test_the_stage_writes_a_translated_copy_of_each_real_train_image_with_its_so
     artifacts = {a.path for folder in ("generator", "samples") for a in MlflowClient().list_artifacts(run.info.run_id, folder)}
     assert {"generator/generator.pt", "generator/config.json", "samples/before_after.png"} <= artifacts
     config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator/config.json")
-    assert (config["blocks"], config["base_channels"], config["image_height"], config["residual"]) == (6, 16, 32, True)
+    assert (config["blocks"], config["base_channels"], config["image_height"], config["residual"], config["residual_form"]) == (6, 16, 32, True, "linear")  # the default
 
     # its translator translates again without training; another target folder is another run
     params = {"data": str(photos), "generator": "cyclegan", "per_class": 5, "seed": 2, "quality": False}
@@ -202,10 +203,34 @@ def test_mlflow_run_synthesize_with_cyclegan(domains, experiment):
 def test_a_residual_translator_starts_as_the_identity_and_the_paper_s_does_not():
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     changes = {}
-    for residual in (True, False):
+    for residual, form in ((True, "linear"), (True, "tanh"), (False, "linear")):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = cyclegan.build({**tiny_hyper(32), "residual": residual, "image_channels": 3, "image_height": 32, "image_width": 32})
+            model = cyclegan.build({**tiny_hyper(32), "residual": residual, "residual_form": form, "image_channels": 3, "image_height": 32, "image_width": 32})
             cyclegan.init_weights(model)  # as train does: N(0, 0.02); the residual one's last conv at 0
-        changes[residual] = (model.translate(images).float() - images.float()).abs().mean().item()
-    assert changes[True] < 1 < 40 < changes[False]  # grey levels: the residual one keeps the image, the plain one draws a new one
+        changes[residual, form] = (model.translate(images).float() - images.float()).abs().mean().item()
+    # grey levels: the residual ones keep the image (tanh's atanh clamp at 0.999 moves 0 and 255 by a fraction), the plain one draws a new one
+    assert changes[True, "linear"] == 0 and changes[True, "tanh"] < 1 < 40 < changes[False, "linear"]
+
+
+def test_the_linear_residual_moves_bright_pixels_as_far_as_dark_ones_and_old_checkpoints_keep_the_tanh_form():
+    """A change of +0.2 (about 25 grey levels, a brightening like the winter benchmark's) applied by each form to dark,
+    mid and bright pixels: the linear form moves each by 0.2 until the top of the range, where it clips; the tanh form
+    moves a pixel at 0.9 by a sixth of that (tanh's slope there is 0.19), which is why it learnt brightening slowly."""
+    pixels = torch.tensor([-0.5, 0.0, 0.5, 0.9, 0.95]).view(1, 1, 1, 5)
+    body = nn.Sequential(nn.Conv2d(1, 1, 1))
+    nn.init.zeros_(body[0].weight)
+    nn.init.constant_(body[0].bias, 0.2)
+    with torch.no_grad():
+        linear = cyclegan.ResidualOutput(body, "linear")(pixels).flatten()
+        tanh = cyclegan.ResidualOutput(body, "tanh")(pixels).flatten()
+    assert linear.tolist() == pytest.approx([-0.3, 0.2, 0.7, 1.0, 1.0])
+    moved = tanh - pixels.flatten()
+    assert moved[0] > 0.15 and moved[3] < 0.04 and moved[4] < 0.02
+    with pytest.raises(ValueError, match="unknown residual form 'clip'; choose linear or tanh"):
+        cyclegan.ResidualOutput(body, "clip")
+    # checkpoints saved before the options: without `residual` the paper's generator, without `residual_form` the tanh form
+    old = {key: value for key, value in tiny_hyper(32).items() if key not in ("residual", "residual_form")} | {"image_channels": 3, "image_height": 32, "image_width": 32}
+    assert isinstance(cyclegan.build(old).source_to_target[-1], nn.Tanh)
+    assert cyclegan.build({**old, "residual": True}).source_to_target.form == "tanh"
+    assert (cyclegan.defaults_for(64, 64)["residual"], cyclegan.defaults_for(64, 64)["residual_form"]) == (True, "linear")

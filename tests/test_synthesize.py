@@ -246,4 +246,9 @@ def test_generator_options_are_checked_against_the_generator_before_any_run(phot
         synthesize({"data": str(photo_folders / "p32"), "generator": "ddpm", "pixel_noise": "full"})
     with pytest.raises(InputError, match="--residual applies to cyclegan, not dcgan"):
         synthesize({"data": str(photo_folders / "p32"), "generator": "dcgan", "residual": "on"})
+    from pipelines.synthesize import DEFAULTS, generator_options
+
+    chosen = {choice: generator_options({**DEFAULTS, "generator": "cyclegan", "residual": choice}) for choice in ("auto", "on", "tanh", "off")}
+    assert chosen == {"auto": {}, "on": {"residual": True, "residual_form": "linear"}, "tanh": {"residual": True, "residual_form": "tanh"},
+                      "off": {"residual": False, "residual_form": "linear"}}
     assert runs_of(experiment) == []

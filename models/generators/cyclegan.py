@@ -16,13 +16,17 @@ paper's: the width `base_channels` (64 in the paper) and the epochs are small
 presets by image size (`PRESETS`) so a few hundred images train on 2 CPU cores
 in minutes, and batches of several images (the paper: 1).
 
-`residual` (off by default; not the paper's): each generator outputs
-tanh(atanh(x) + its last conv), the last conv starting at 0, so it starts as
-the identity. On the 64 px winter benchmark (benchmarks/cyclegan.py) it kept
-the label (survival 0.97-0.99 against 0.78 without) but learnt the shift more
-slowly (0.41-0.71 of the translations called "target" against 1.00).
-With lr 1e-3 as well (and identity weight 0) one winter run met every goal (0.85 called
-target, survival 0.96) but another seed reached 0.78 and snow 0.62: not a default.
+`residual` (on by default; not the paper's): each generator outputs its input
+plus a change, clip(x + its last conv, -1, 1), the last conv starting at 0, so it
+starts as the identity and keeps the photo's detail and colour. The paper's
+generator (`residual` False) draws the whole image through its InstanceNorm
+bottleneck; after a CPU-sized training its translations were blurred and lost
+colour, and on the 64 px winter benchmark (benchmarks/cyclegan.py) a class
+classifier kept only 0.78 of its accuracy on them. A first residual form,
+tanh(atanh(x) + change) (`residual_form` "tanh"), kept the class but learnt the
+winter shift slowly (0.41 of the translations called "target"): a brightening
+must be large before the tanh at bright pixels. README.md's CycleGAN section has
+the measurements.
 
 `translate(images_uint8)` -> uint8 [N, C, H, W] on the CPU (deterministic: no
 noise). The checkpoint (`save`, `models.generators.load_generator`) holds both
@@ -52,7 +56,8 @@ DEFAULTS = dict(
     identity_weight=5.0,  # weight of the L1 identity loss: 0.5 x lambda (the paper's)
     pool_size=50,  # generated images each discriminator is shown from the past (the paper's)
     upsample="transposed",  # G's two up-sampling layers: transposed (the paper's 3 x 3 stride-2) or resize (nearest x2 + 3 x 3 conv)
-    residual=False,  # G outputs tanh(atanh(input) + its last conv): a change to its input, the identity at the start (not the paper's)
+    residual=True,  # G outputs its input plus its last conv: a change to its input, the identity at the start (not the paper's; False = the paper's)
+    residual_form="linear",  # with residual: linear = clip(input + change, -1, 1); tanh = tanh(atanh(input) + change), the first form
 )
 # by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
 PRESETS = {
@@ -100,25 +105,31 @@ def _up(in_channels: int, out_channels: int, mode: str) -> nn.Module:
 
 
 class ResidualOutput(nn.Module):
-    """`body` (ending in a conv) read as a change to the input image: tanh(atanh(x) + body(x)). Its last
-    conv starts at 0 (`init_weights`), so G starts as the identity and keeps the input's detail from the
-    first step; what it learns is the shift."""
+    """`body` (ending in a conv) read as a change to the input image x in [-1, 1]: linear, clip(x + body(x)),
+    or tanh, tanh(atanh(x) + body(x)). Its last conv starts at 0 (`init_weights`), so G starts as the
+    identity and keeps the input's detail from the first step; what it learns is the shift. In the tanh
+    form a change to a bright pixel must be large before the tanh (x = 0.9 to 1: +2.3), so a shift that
+    brightens was learnt slowly; the linear form moves every pixel alike and clips like a camera."""
 
-    def __init__(self, body: nn.Sequential):
+    def __init__(self, body: nn.Sequential, form: str = "linear"):
         super().__init__()
-        self.body = body
+        if form not in ("linear", "tanh"):
+            raise ValueError(f"unknown residual form {form!r}; choose linear or tanh")
+        self.body, self.form = body, form
 
     def start_as_identity(self) -> None:
         nn.init.zeros_(self.body[-1].weight)
         nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, x):
+        if self.form == "linear":
+            return (x + self.body(x)).clamp(-1.0, 1.0)
         return torch.tanh(torch.atanh(x.clamp(-0.999, 0.999)) + self.body(x))
 
 
-def resnet_generator(channels: int, width: int, blocks: int, upsample: str = "transposed", residual: bool = False) -> nn.Module:
+def resnet_generator(channels: int, width: int, blocks: int, upsample: str = "transposed", residual: bool = False, residual_form: str = "linear") -> nn.Module:
     """c7s1-w, d2w, d4w, R4w x blocks, u2w, uw, c7s1-C, tanh (Johnson et al.'s layout, as the paper's).
-    `residual`: the last conv's output is added to atanh(input) before the tanh (`ResidualOutput`)."""
+    `residual`: the last conv's output is a change to the input (`ResidualOutput`, in `residual_form`)."""
     layers = [nn.ReflectionPad2d(3), nn.Conv2d(channels, width, 7), nn.InstanceNorm2d(width), nn.ReLU(True)]
     for factor in (1, 2):
         layers += [nn.Conv2d(width * factor, width * factor * 2, 3, 2, 1), nn.InstanceNorm2d(width * factor * 2), nn.ReLU(True)]
@@ -127,7 +138,7 @@ def resnet_generator(channels: int, width: int, blocks: int, upsample: str = "tr
         layers += [_up(width * factor, width * factor // 2, upsample), nn.InstanceNorm2d(width * factor // 2), nn.ReLU(True)]
     layers += [nn.ReflectionPad2d(3), nn.Conv2d(width, channels, 7)]
     if residual:
-        return ResidualOutput(nn.Sequential(*layers))
+        return ResidualOutput(nn.Sequential(*layers), residual_form)
     return nn.Sequential(*layers, nn.Tanh())
 
 
@@ -169,7 +180,7 @@ class CycleGAN(nn.Module):
         self.channels = int(config["image_channels"])
         self.height, self.width = int(config["image_height"]), int(config["image_width"])
         self.pad_h, self.pad_w = -(-self.height // 4) * 4, -(-self.width // 4) * 4  # two stride-2 stages
-        shape = (self.channels, int(config["base_channels"]), int(config["blocks"]), config.get("upsample", "transposed"), bool(config.get("residual", False)))
+        shape = (self.channels, int(config["base_channels"]), int(config["blocks"]), config.get("upsample", "transposed"), bool(config.get("residual", False)), config["residual_form"])
         self.source_to_target = resnet_generator(*shape)
         self.target_to_source = resnet_generator(*shape)
 
@@ -213,7 +224,8 @@ class CycleGAN(nn.Module):
 
 
 def build(config: dict) -> CycleGAN:
-    return CycleGAN({**DEFAULTS, **config})
+    # a checkpoint from before `residual` drew the whole image; one from before residual_form had only the tanh form
+    return CycleGAN({**DEFAULTS, "residual": False, "residual_form": "tanh", **config})
 
 
 class ImagePool:
