@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     source_train, source_labels, held, held_labels = to_tensor(train_x), torch.as_tensor(train_y), to_tensor(held_x), torch.as_tensor(held_y)
     classes = fit_classifier(source_train, source_labels, len(CLASSES), epochs=args.classifier_epochs, seed=args.seed, device=device, desc="class classifier")
     clean = accuracy(classes, held, held_labels, device)
-    hyper = cyclegan.defaults_for(args.size, args.size) | ({"epochs": args.epochs} if args.epochs else {}) | ({"batch_size": args.batch_size} if args.batch_size else {}) | ({"identity_weight": args.identity_weight} if args.identity_weight >= 0 else {}) | ({"upsample": args.upsample} if args.upsample else {}) | ({"residual": args.residual != "off", "residual_form": "tanh" if args.residual == "tanh" else "linear"} if args.residual else {}) | options
+    hyper = cyclegan.defaults_for(args.size, args.size) | ({"epochs": args.epochs} if args.epochs else {}) | ({"batch_size": args.batch_size} if args.batch_size else {}) | ({"identity_weight": args.identity_weight} if args.identity_weight >= 0 else {}) | ({"upsample": args.upsample} if args.upsample else {}) | (cyclegan.residual_hyper(args.residual) if args.residual else {}) | options
     print(f"source: {len(source_train)} train + {len(held)} held-out photos of {', '.join(CLASSES)} at {args.size} px; {args.target_count} target photos; "
           f"{args.threads} thread(s), {device}; translator {hyper}; class classifier accuracy on held-out source {clean:.3f}", flush=True)
 

@@ -336,9 +336,11 @@ def generator_options(params: dict) -> dict:
                 value = -1.0
             if not (0 <= value < float("inf")):
                 raise InputError(f"--{name.replace('_', '-')} {params[name]!r} must be a weight >= 0 (0 = off) or auto.")
-        if name == "residual":
-            chosen["residual_form"] = "tanh" if value == "tanh" else "linear"
-            value = value != "off"  # auto is skipped above: the generator's default
+        if name == "residual":  # auto is skipped above: the generator's default
+            from models.generators.cyclegan import residual_hyper
+
+            chosen.update(residual_hyper(value))
+            continue
         chosen[hyper] = value
     return chosen
 

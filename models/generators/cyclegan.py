@@ -180,7 +180,7 @@ class CycleGAN(nn.Module):
         self.channels = int(config["image_channels"])
         self.height, self.width = int(config["image_height"]), int(config["image_width"])
         self.pad_h, self.pad_w = -(-self.height // 4) * 4, -(-self.width // 4) * 4  # two stride-2 stages
-        shape = (self.channels, int(config["base_channels"]), int(config["blocks"]), config.get("upsample", "transposed"), bool(config.get("residual", False)), config["residual_form"])
+        shape = (self.channels, int(config["base_channels"]), int(config["blocks"]), config["upsample"], bool(config["residual"]), config["residual_form"])  # `build` fills the defaults
         self.source_to_target = resnet_generator(*shape)
         self.target_to_source = resnet_generator(*shape)
 
@@ -221,6 +221,16 @@ class CycleGAN(nn.Module):
     def save(self, path: str | os.PathLike) -> Path:
         """One file in the project's generator checkpoint format (`models.generators.load_generator`)."""
         return save_checkpoint(self, path)
+
+
+RESIDUAL_CHOICES = ("on", "tanh", "off")  # the --residual values of synthesize and the benchmark
+
+
+def residual_hyper(choice: str) -> dict:
+    """The hyperparameters a --residual choice sets: on = the linear residual, tanh = the first form, off = the paper's generator."""
+    if choice not in RESIDUAL_CHOICES:
+        raise ValueError(f"unknown residual choice {choice!r}; choose {', '.join(RESIDUAL_CHOICES)}")
+    return {"residual": choice != "off", "residual_form": "tanh" if choice == "tanh" else "linear"}
 
 
 def build(config: dict) -> CycleGAN:
