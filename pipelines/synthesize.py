@@ -61,7 +61,8 @@ PARAMS = [
            "(the paper's 64); 0 = by image size (dcgan 32/16/8, vae 32/16/8 at 32/64/128 px; cyclegan 16/16/8 at 32/64/128 px, 8 above).", click.IntRange(0)),
     option("latent_dim", 0, "dcgan, vae: size of the noise vector z; 0 = the generator's default (dcgan 64; vae 16/64/128 at 32/64/128 px).", click.IntRange(0)),
     option("block_channels", "", "ddpm: channels of each UNet level, comma-separated, one level per entry (each but the last halves the map); empty = by image size (16,32,32 at 32 px; 16,32,64,64 at 64 px; 16,32,32,64,64 at 128 px)."),
-    option("upsample", "auto", "dcgan: resize (nearest x2 then a 3x3 conv: no checkerboard) or transposed (the DCGAN paper's 4x4 stride-2 transposed conv); auto = resize.", click.Choice(["auto", "resize", "transposed"])),
+    option("upsample", "auto", "dcgan: resize (nearest x2 then a 3x3 conv: no checkerboard) or transposed (the DCGAN paper's 4x4 stride-2 transposed conv); auto = resize. "
+           "cyclegan: the generators' two up-sampling layers, resize (nearest x2 then a 3x3 conv) or transposed (the paper's 3x3 stride-2 transposed conv); auto = transposed.", click.Choice(["auto", "resize", "transposed"])),
     option("conditioning", "auto", "dcgan: how the discriminator sees the label: projection (Miyato & Koyama 2018: a learnt direction per class in its feature space, so a fake "
            "is judged as an image of its class) or input (one-hot label maps beside the image, the usual DCGAN conditioning); auto = projection.", click.Choice(["auto", "projection", "input"])),
     option("pixel_noise", "auto", "dcgan: where the generator adds its per-pixel noise (scaled per channel, learnt from 0; Karras et al. 2019): half = before the last up-sampling stage, "
@@ -294,7 +295,7 @@ def _check_generator_run(params: dict, classes: list[str]) -> str | None:
 GENERATOR_OPTIONS = {
     "epochs": (TRAINED, "epochs"), "batch_size": (TRAINED, "batch_size"), "lr": (TRAINED, "lr"),
     "base_channels": (("dcgan", "vae", "cyclegan"), "base_channels"), "latent_dim": (("dcgan", "vae"), "latent_dim"),
-    "block_channels": (("ddpm",), "block_channels"), "upsample": (("dcgan",), "upsample"),
+    "block_channels": (("ddpm",), "block_channels"), "upsample": (("dcgan", "cyclegan"), "upsample"),
     "conditioning": (("dcgan",), "conditioning"), "pixel_noise": (("dcgan",), "pixel_noise"),
     "diff_augment": (("dcgan",), "augment"), "spectral_norm": (("dcgan",), "spectral_norm"), "ema_decay": (("dcgan", "ddpm"), "ema_decay"),
     "mode_seeking": (("dcgan",), "mode_seeking"), "spectral_loss": (("dcgan",), "spectral_loss"), "residual": (("cyclegan",), "residual"),

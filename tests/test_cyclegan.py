@@ -203,14 +203,18 @@ def test_mlflow_run_synthesize_with_cyclegan(domains, experiment):
 def test_a_residual_translator_starts_as_the_identity_and_the_paper_s_does_not():
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     changes = {}
-    for residual, form in ((True, "linear"), (True, "tanh"), (False, "linear")):
+    for residual, form, upsample in ((True, "linear", "transposed"), (True, "tanh", "transposed"), (False, "linear", "transposed"), (True, "linear", "resize"), (False, "linear", "resize")):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model = cyclegan.build({**tiny_hyper(32), "residual": residual, "residual_form": form, "image_channels": 3, "image_height": 32, "image_width": 32})
+            model = cyclegan.build({**tiny_hyper(32), "residual": residual, "residual_form": form, "upsample": upsample, "image_channels": 3, "image_height": 32, "image_width": 32})
             cyclegan.init_weights(model)  # as train does: N(0, 0.02); the residual one's last conv at 0
-        changes[residual, form] = (model.translate(images).float() - images.float()).abs().mean().item()
-    # grey levels: the residual ones keep the image (tanh's atanh clamp at 0.999 moves 0 and 255 by a fraction), the plain one draws a new one
-    assert changes[True, "linear"] == 0 and changes[True, "tanh"] < 1 < 40 < changes[False, "linear"]
+        translated = model.translate(images)
+        assert translated.shape == images.shape and translated.dtype == torch.uint8
+        changes[residual, form, upsample] = (translated.float() - images.float()).abs().mean().item()
+    # grey levels: the residual ones keep the image (tanh's atanh clamp at 0.999 moves 0 and 255 by a fraction), the plain one draws a new one;
+    # with either up-sampling layer
+    assert changes[True, "linear", "transposed"] == changes[True, "linear", "resize"] == 0
+    assert changes[True, "tanh", "transposed"] < 1 < 40 < min(changes[False, "linear", "transposed"], changes[False, "linear", "resize"])
 
 
 def test_the_linear_residual_moves_bright_pixels_as_far_as_dark_ones_and_old_checkpoints_keep_the_tanh_form():

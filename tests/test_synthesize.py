@@ -225,7 +225,7 @@ def test_trained_generators_write_colour_photos_at_the_real_size_and_format_with
 
 def test_generator_options_are_checked_against_the_generator_before_any_run(photo_folders, experiment):
     result = run_cli("synthesize", "--data", str(photo_folders / "p32"), "--generator", "vae", "--upsample", "transposed")
-    assert result.returncode == 2 and "--upsample applies to dcgan, not vae" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "--upsample applies to dcgan, cyclegan, not vae" in result.stderr and "Traceback" not in result.stderr
     with pytest.raises(InputError, match="--block-channels '8,12' must be two or more comma-separated multiples of 8"):
         synthesize({"data": str(photo_folders / "p32"), "generator": "ddpm", "block_channels": "8,12"})
     with pytest.raises(InputError, match="unknown augmentation blur"):
@@ -251,4 +251,5 @@ def test_generator_options_are_checked_against_the_generator_before_any_run(phot
     chosen = {choice: generator_options({**DEFAULTS, "generator": "cyclegan", "residual": choice}) for choice in ("auto", "on", "tanh", "off")}
     assert chosen == {"auto": {}, "on": {"residual": True, "residual_form": "linear"}, "tanh": {"residual": True, "residual_form": "tanh"},
                       "off": {"residual": False, "residual_form": "linear"}}
+    assert generator_options({**DEFAULTS, "generator": "cyclegan", "upsample": "resize"}) == {"upsample": "resize"}  # the translator's up-sampling is a stage option too
     assert runs_of(experiment) == []
