@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snow-severity", type=int, default=1, help="severity of the snow corruption, 1-5 (default 1; see the docstring)")
     parser.add_argument("--epochs", type=int, default=0, help="translator epochs; 0 = the preset for the size")
     parser.add_argument("--batch-size", type=int, default=0, help="translator batch size; 0 = the preset for the size")
-    parser.add_argument("--identity-weight", type=float, default=-1, help="identity loss weight; -1 = the paper's 5")
+    parser.add_argument("--identity-weight", type=float, default=-1, help="identity loss weight; -1 = the preset's 3 (the paper's: 5)")
     parser.add_argument("--classifier-epochs", type=int, default=8, help="epochs of the smallcnn domain and class classifiers")
     parser.add_argument("--upsample", default="", help="translator up-sampling: transposed or resize; empty = the preset's")
     parser.add_argument("--residual", choices=["", "on", "tanh", "off"], default="", help="translator generators output a change to their input (on: clipped input + change; tanh: tanh(atanh(input) + change)) or the paper's plain image (off); empty = the preset's")

@@ -80,7 +80,8 @@ PARAMS = [
            "shift slowly; off = the paper's generator, which draws the whole image (blurred after a CPU-sized training); auto = on.", click.Choice(["auto", "on", "tanh", "off"])),
     option("blocks", 0, "cyclegan: residual blocks of each generator; 0 = the paper's: 6 up to 128 px, 9 above.", click.IntRange(0)),
     option("cycle_weight", 10.0, "cyclegan: weight of the L1 cycle-consistency loss (lambda; the paper's 10).", click.FloatRange(0)),
-    option("identity_weight", 5.0, "cyclegan: weight of the L1 identity loss (the paper's 0.5 x lambda = 5); 0 = off.", click.FloatRange(0)),
+    option("identity_weight", 3.0, "cyclegan: weight of the L1 identity loss, which asks each generator to leave images of its own output domain as they are; 3 with the residual "
+           "generator, which keeps colour by construction (at the paper's 0.5 x lambda = 5 it drew snow's flakes too faintly: README, CycleGAN); use 5 with --residual off; 0 = off.", click.FloatRange(0)),
     option("pool_size", 50, "cyclegan: generated images kept for each discriminator, shown in place of new ones half the time (the paper's 50); 0 = no pool.", click.IntRange(0)),
     option("steps", 0, "Sampling steps: ddpm's few-step sampler (1000 = full DDPM) or Stable Diffusion's inference steps; 0 = default (25 for Stable Diffusion).", click.IntRange(0)),
     option("model_id", "", "Stable Diffusion: a local folder saved with save_pretrained, or a hub id already in the local cache."),

@@ -77,14 +77,15 @@ def test_the_defaults_are_zhu_et_al_and_the_learning_rate_decays_linearly_to_zer
     for size, blocks in ((32, 6), (64, 6), (128, 6), (256, 9), (512, 9)):
         hyper = cyclegan.defaults_for(size, size)
         assert hyper["blocks"] == blocks
-        assert (hyper["cycle_weight"], hyper["identity_weight"], hyper["pool_size"], hyper["lr"], hyper["beta1"]) == (10.0, 5.0, 50, 2e-4, 0.5)
+        assert (hyper["cycle_weight"], hyper["pool_size"], hyper["lr"], hyper["beta1"]) == (10.0, 50, 2e-4, 0.5)
+        assert hyper["identity_weight"] == 3.0  # not the paper's 5: with the residual generator it held the snow shift back (README, CycleGAN)
     assert cyclegan.defaults_for(64, 64)["base_channels"] == 16  # the narrow CPU preset, not fewer blocks
     factors = [cyclegan.lr_factor(step, 100) for step in range(100)]
     assert factors[:50] == [1.0] * 50 and factors[-1] == 0.0
     assert np.allclose(np.diff(factors[50:]), np.diff(factors[50:])[0])  # a straight line from 1 to 0
     from pipelines.synthesize import DEFAULTS
 
-    assert (DEFAULTS["cycle_weight"], DEFAULTS["identity_weight"], DEFAULTS["pool_size"], DEFAULTS["blocks"]) == (10.0, 5.0, 50, 0)
+    assert (DEFAULTS["cycle_weight"], DEFAULTS["identity_weight"], DEFAULTS["pool_size"], DEFAULTS["blocks"]) == (10.0, 3.0, 50, 0)
     rates = []
     source = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     cyclegan.train(source, source, hyper=tiny_hyper(16, epochs=4, batch_size=2), seed=0, device="cpu", progress=False,
@@ -120,7 +121,7 @@ def test_the_stage_writes_a_translated_copy_of_each_real_train_image_with_its_so
     artifacts = {a.path for folder in ("generator", "samples") for a in MlflowClient().list_artifacts(run.info.run_id, folder)}
     assert {"generator/generator.pt", "generator/config.json", "samples/before_after.png"} <= artifacts
     config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator/config.json")
-    assert (config["blocks"], config["base_channels"], config["image_height"], config["residual"], config["residual_form"]) == (6, 16, 32, True, "linear")  # the default
+    assert (config["blocks"], config["base_channels"], config["image_height"], config["residual"], config["residual_form"], config["identity_weight"]) == (6, 16, 32, True, "linear", 3.0)  # the defaults
 
     # its translator translates again without training; another target folder is another run
     params = {"data": str(photos), "generator": "cyclegan", "per_class": 5, "seed": 2, "quality": False}
