@@ -41,6 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._options import add_option_argument, parse_options  # noqa: E402
+from models.generators import cyclegan  # noqa: E402
 
 CLASSES = ("cat", "coffee", "flower")
 GOALS = {"train_s": 600.0, "target_share": 0.80, "label_survival": 0.90}
@@ -106,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="translator batch size; 0 = the preset for the size")
     parser.add_argument("--identity-weight", type=float, default=-1, help="identity loss weight; -1 = the preset's 3 (the paper's: 5)")
     parser.add_argument("--classifier-epochs", type=int, default=8, help="epochs of the smallcnn domain and class classifiers")
-    parser.add_argument("--upsample", default="", help="translator up-sampling: transposed or resize; empty = the preset's")
-    parser.add_argument("--residual", choices=["", "on", "tanh", "off"], default="", help="translator generators output a change to their input (on: clipped input + change; tanh: tanh(atanh(input) + change)) or the paper's plain image (off); empty = the preset's")
+    parser.add_argument("--upsample", choices=["", "transposed", "resize"], default="", help="translator up-sampling: transposed or resize; empty = the preset's")
+    parser.add_argument("--residual", choices=["", *cyclegan.RESIDUAL_CHOICES], default="", help="translator generators output a change to their input (on: clipped input + change; tanh: tanh(atanh(input) + change)) or the paper's plain image (off); empty = the preset's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grids", default="", help="folder to write cyclegan_<target>.png (held-out source, translation, real shifted) into")
@@ -116,7 +117,6 @@ def main(argv: list[str] | None = None) -> None:
     options = parse_options(parser, args.option)
     torch.set_num_threads(args.threads)
 
-    from models.generators import cyclegan
     from models.quality import accuracy, fit_classifier
 
     device = torch.device(args.device)

@@ -232,7 +232,7 @@ class CycleGAN(nn.Module):
         return save_checkpoint(self, path)
 
 
-RESIDUAL_CHOICES = ("on", "tanh", "off")  # the --residual values of synthesize and the benchmark
+RESIDUAL_CHOICES = ("on", "tanh", "off")  # the benchmark's --residual values; synthesize lists them in its click.Choice (with auto) so its CLI starts without torch
 
 
 def residual_hyper(choice: str) -> dict:
