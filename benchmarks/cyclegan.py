@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     for kind in [k.strip() for k in args.targets.split(",") if k.strip()]:
         target = to_tensor(shifted(kind, target_photos(args.target_count, args.size), args.snow_severity, args.seed + 1))
         started = time.perf_counter()
-        translator = cyclegan.train(source_train, target, hyper=hyper, seed=args.seed, device=device, progress=True)
+        translator = cyclegan.train(source_train, target, hyper=hyper, seed=args.seed, device=device, progress=True, labels=source_labels)
         train_s = time.perf_counter() - started
         translated = translator.translate(held)
         real_shift = to_tensor(shifted(kind, held_x, args.snow_severity, args.seed + 2))

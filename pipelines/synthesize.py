@@ -68,7 +68,7 @@ PARAMS = [
     option("pixel_noise", "auto", "dcgan: where the generator adds its per-pixel noise (scaled per channel, learnt from 0; Karras et al. 2019): half = before the last up-sampling stage, "
            "whose nearest x2 + 3x3 conv smooths it; full = at the output's resolution (the default before; it can become a top-frequency dither); none = no pixel noise; auto = half.",
            click.Choice(["auto", "half", "full", "none"])),
-    option("diff_augment", "auto", "dcgan: DiffAugment policies applied to real and generated images before the discriminator, comma-separated from color, translation, cutout; none = off; auto = all three.", str),
+    option("diff_augment", "auto", "dcgan, cyclegan: DiffAugment policies applied to real and generated images before the discriminator(s), comma-separated from color, translation, cutout; none = off; auto = the generator's default (dcgan: all three; cyclegan: none, the paper's).", str),
     option("spectral_norm", True, "dcgan: spectral normalisation of the discriminator's layers.", bool),
     option("ema_decay", 0.0, "dcgan, ddpm: decay of the exponential moving average of the generator's weights that samples (per training step); 0 = the generator's default (dcgan 0.999, ddpm 0.995).", click.FloatRange(0, 1, max_open=True)),
     option("mode_seeking", "auto", "dcgan: weight of the mode-seeking term (Mao et al. 2019: 1 / the distance between two images of a class over the distance between their noise vectors, "
@@ -82,6 +82,8 @@ PARAMS = [
     option("cycle_weight", 10.0, "cyclegan: weight of the L1 cycle-consistency loss (lambda; the paper's 10).", click.FloatRange(0)),
     option("identity_weight", 3.0, "cyclegan: weight of the L1 identity loss, which asks each generator to leave images of its own output domain as they are; 3 with the residual "
            "generator, which keeps colour by construction (at the paper's 0.5 x lambda = 5 it drew snow's flakes too faintly: README, CycleGAN); use 5 with --residual off; 0 = off.", click.FloatRange(0)),
+    option("semantic_weight", 0.0, "cyclegan: weight of the semantic loss (CyCADA, Hoffman et al. 2018): a classifier trained on the real train images first (its epochs count in the train time) "
+           "scores each translation, and its cross-entropy against the real image's label is added to the generator's loss, so a translation keeps its class; 0 = off (the paper's).", click.FloatRange(0)),
     option("pool_size", 50, "cyclegan: generated images kept for each discriminator, shown in place of new ones half the time (the paper's 50); 0 = no pool.", click.IntRange(0)),
     option("steps", 0, "Sampling steps: ddpm's few-step sampler (1000 = full DDPM) or Stable Diffusion's inference steps; 0 = default (25 for Stable Diffusion).", click.IntRange(0)),
     option("model_id", "", "Stable Diffusion: a local folder saved with save_pretrained, or a hub id already in the local cache."),
@@ -298,10 +300,11 @@ GENERATOR_OPTIONS = {
     "base_channels": (("dcgan", "vae", "cyclegan"), "base_channels"), "latent_dim": (("dcgan", "vae"), "latent_dim"),
     "block_channels": (("ddpm",), "block_channels"), "upsample": (("dcgan", "cyclegan"), "upsample"),
     "conditioning": (("dcgan",), "conditioning"), "pixel_noise": (("dcgan",), "pixel_noise"),
-    "diff_augment": (("dcgan",), "augment"), "spectral_norm": (("dcgan",), "spectral_norm"), "ema_decay": (("dcgan", "ddpm"), "ema_decay"),
+    "diff_augment": (("dcgan", "cyclegan"), "augment"), "spectral_norm": (("dcgan",), "spectral_norm"), "ema_decay": (("dcgan", "ddpm"), "ema_decay"),
     "mode_seeking": (("dcgan",), "mode_seeking"), "spectral_loss": (("dcgan",), "spectral_loss"), "residual": (("cyclegan",), "residual"),
     "blocks": (("cyclegan",), "blocks"), "cycle_weight": (("cyclegan",), "cycle_weight"),
     "identity_weight": (("cyclegan",), "identity_weight"), "pool_size": (("cyclegan",), "pool_size"),
+    "semantic_weight": (("cyclegan",), "semantic_weight"),
 }
 
 
@@ -467,10 +470,10 @@ def _train_translator(params: dict, target: Target, device, folder):
     from tracking.lineage import log_dataset
 
     log_dataset(target.target_folder, {"generator_target": target.target_folder}, artifact=False)
-    images, _ = cached_tensors(target.train_rows, target.channels, target.size)
+    images, labels = cached_tensors(target.train_rows, target.channels, target.size)
     hyper = {**cyclegan.defaults_for(target.size, target.size), **generator_options(params)}  # the options set, over the preset for the size
     started = time.perf_counter()
-    generator = cyclegan.train(images, _target_images(target), hyper=hyper, seed=params["seed"], device=device,
+    generator = cyclegan.train(images, _target_images(target), hyper=hyper, seed=params["seed"], device=device, labels=labels,
                                on_epoch=lambda epoch, metrics: mlflow.log_metrics(metrics, step=epoch))
     seconds = time.perf_counter() - started
     mlflow.log_metrics({"perf/train_seconds": seconds, "perf/train_imgs_per_s": hyper["epochs"] * len(images) / seconds})

@@ -94,6 +94,47 @@ def test_the_defaults_are_zhu_et_al_and_the_learning_rate_decays_linearly_to_zer
     assert rates[:2] == pytest.approx([2e-4, 2e-4], rel=0.3) and rates[1] > rates[2] > rates[3] and rates[3] == pytest.approx(2e-4 * 6 / 28)
 
 
+def test_diff_augment_in_the_discriminators_is_off_by_default_and_seeded():
+    generator = torch.Generator().manual_seed(0)
+    source = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    target = torch.randint(0, 120, (8, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    assert cyclegan.defaults_for(64, 64)["augment"] == ""  # the paper's: no augmentation
+
+    def translations(**changes):
+        return cyclegan.train(source, target, hyper=tiny_hyper(16, epochs=2, batch_size=2, **changes), seed=1, device="cpu", progress=False).translate(source)
+
+    plain, augmented = translations(), translations(augment="translation,cutout")
+    assert not torch.equal(plain, augmented) and torch.equal(augmented, translations(augment="translation,cutout"))
+    with pytest.raises(ValueError, match="unknown augmentation blur"):
+        translations(augment="blur")
+
+
+def test_the_semantic_loss_needs_labels_and_keeps_the_source_classifier_s_label_on_the_translations():
+    from models.generators.base import to_unit_range
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.tensor([0, 1] * 8)  # two classes told apart by brightness; the target domain is noise
+    source = torch.where(labels.view(-1, 1, 1, 1) == 1, 150, 90).to(torch.uint8).expand(-1, 3, 16, 16)
+    source = (source.int() + torch.randint(-20, 21, source.shape, generator=generator)).clamp(0, 255).to(torch.uint8)
+    target = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    hyper = tiny_hyper(16, epochs=4, batch_size=4, identity_weight=0.0, lr=2e-3)
+    assert cyclegan.defaults_for(64, 64)["semantic_weight"] == 0.0  # the paper's: off
+    with pytest.raises(ValueError, match="semantic_weight 10 needs one label per source image"):
+        cyclegan.train(source, target, hyper={**hyper, "semantic_weight": 10.0}, seed=0, device="cpu", progress=False)
+    curves = []
+    kept = cyclegan.train(source, target, hyper={**hyper, "semantic_weight": 10.0}, seed=0, device="cpu", progress=False, labels=labels,
+                          on_epoch=lambda epoch, metrics: curves.append(metrics))
+    plain = cyclegan.train(source, target, hyper=hyper, seed=0, device="cpu", progress=False, labels=labels)
+    assert len(curves) == 4 and all(c["gen/loss_semantic"] > 0 for c in curves)
+    classify = cyclegan.source_classifier(source, labels, epochs=8, seed=0 + 3, device="cpu")  # the one train() builds for seed 0
+
+    def loss(model):
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(classify(to_unit_range(model.translate(source))), labels))
+
+    assert loss(kept) < 0.8 * loss(plain)  # measured: 0.13 against 0.21
+
+
 def test_the_stage_writes_a_translated_copy_of_each_real_train_image_with_its_source(domains, experiment):
     from imaging.datasets import scan_folder
 
@@ -193,12 +234,17 @@ def test_mlflow_run_synthesize_with_cyclegan(domains, experiment):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     env.update(ONE_THREAD)
     done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "synthesize", "--env-manager", "local", "-P", f"data={photos}",
-                           "-P", "generator=cyclegan", "-P", f"target_data={snowy}", "-P", "epochs=1", "-P", "per_class=2", "-P", "quality=false"],
+                           "-P", "generator=cyclegan", "-P", f"target_data={snowy}", "-P", "epochs=1", "-P", "per_class=2", "-P", "quality=false",
+                           "-P", "semantic_weight=0.5", "-P", "diff_augment=translation"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = runs_of(experiment, "synthesize")
     assert run.info.status == "FINISHED" and run.data.params["target_data"] == str(snowy)
     assert run.data.metrics["synth/images"] == 6 and "perf/train_seconds" in run.data.metrics
+    # the translator's options reach it through MLproject: the semantic loss (the real train labels) and DiffAugment
+    config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator/config.json")
+    assert (config["semantic_weight"], config["augment"]) == (0.5, "translation")
+    assert run.data.metrics["gen/loss_semantic"] > 0
 
 
 def test_a_residual_translator_starts_as_the_identity_and_the_paper_s_does_not():

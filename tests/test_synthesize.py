@@ -252,4 +252,8 @@ def test_generator_options_are_checked_against_the_generator_before_any_run(phot
     assert chosen == {"auto": {}, "on": {"residual": True, "residual_form": "linear"}, "tanh": {"residual": True, "residual_form": "tanh"},
                       "off": {"residual": False, "residual_form": "linear"}}
     assert generator_options({**DEFAULTS, "generator": "cyclegan", "upsample": "resize"}) == {"upsample": "resize"}  # the translator's up-sampling is a stage option too
+    assert generator_options({**DEFAULTS, "generator": "cyclegan", "diff_augment": "translation,cutout"}) == {"augment": "translation,cutout"}
+    assert generator_options({**DEFAULTS, "generator": "cyclegan", "diff_augment": "none"}) == {"augment": ""}
+    with pytest.raises(InputError, match="--diff-augment applies to dcgan, cyclegan, not vae"):
+        generator_options({**DEFAULTS, "generator": "vae", "diff_augment": "cutout"})
     assert runs_of(experiment) == []

@@ -151,6 +151,11 @@ def train_loop(
                 on_epoch(epoch, means)
 
 
+def ema_decay_at(decay: float, steps_done: int) -> float:
+    """The decay of a weight average after `steps_done` steps, with a warm-up: early on the average follows the weights closely."""
+    return min(decay, (1 + steps_done) / (10 + steps_done))
+
+
 def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> Path:
     """`model` (with `kind` and `config`) as one file in the generator checkpoint format `load_generator` reads."""
     path = Path(path)

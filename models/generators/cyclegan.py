@@ -37,6 +37,14 @@ further and keep less of the class; README.md's CycleGAN section has both seeds
 and weights 2 to 5. With `residual` False, the paper's generator, pass the paper's
 5 (`--identity-weight 5`).
 
+Two options that are not the paper's, off by default (README.md's CycleGAN section has their runs):
+- `semantic_weight`: CyCADA's semantic consistency (Hoffman et al. 2018), its source-to-target half:
+  a smallcnn trained on the source images and their labels first (`semantic_epochs`, its own seed),
+  then frozen, scores G(x), and its cross-entropy against x's label is added to G's loss. It needs
+  the labels (`train(..., labels=)`; the stage passes the real train split's).
+- `augment`: DiffAugment (Zhao et al. 2020) of real and generated images before both discriminators,
+  in their steps and in G's, as dcgan has; for a target folder of a few hundred images.
+
 `translate(images_uint8)` -> uint8 [N, C, H, W] on the CPU (deterministic: no
 noise). The checkpoint (`save`, `models.generators.load_generator`) holds both
 generators and the config that rebuilds them; the discriminators are dropped.
@@ -51,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.device import autocast
+from models.generators.augment import diff_augment, parse_policy
 from models.generators.base import crop_to, pad_to, preset_for, save_checkpoint, to_uint8, to_unit_range, train_loop
 
 kind = "cyclegan"
@@ -67,6 +76,9 @@ DEFAULTS = dict(
     upsample="transposed",  # G's two up-sampling layers: transposed (the paper's 3 x 3 stride-2) or resize (nearest x2 + 3 x 3 conv)
     residual=True,  # G outputs its input plus its last conv: a change to its input, the identity at the start (not the paper's; False = the paper's)
     residual_form="linear",  # with residual: linear = clip(input + change, -1, 1); tanh = tanh(atanh(input) + change), the first form
+    semantic_weight=0.0,  # weight of the semantic loss (CyCADA, Hoffman et al. 2018): a source classifier's cross-entropy on G(x) against x's label; 0: off (the paper's)
+    semantic_epochs=8,  # epochs of that classifier (a smallcnn trained on the source images first; counted in the training time)
+    augment="",  # DiffAugment policies (Zhao et al. 2020) on real and generated images before each discriminator; empty: none (the paper's)
 )
 # by the image's longer side (the first preset at least as large); CPU budgets on 2 cores
 PRESETS = {
@@ -272,12 +284,31 @@ class ImagePool:
         return torch.stack(shown)
 
 
-def train(source_uint8: torch.Tensor, target_uint8: torch.Tensor, *, hyper: dict, seed: int, device, on_epoch=None, progress: bool = True) -> CycleGAN:
-    """A CycleGAN between two uint8 [N, C, H, W] image sets of one size and colour mode (`hyper`: `defaults_for`'s keys)."""
+def source_classifier(source_uint8: torch.Tensor, labels: torch.Tensor, *, epochs: int, seed: int, device) -> nn.Module:
+    """The semantic loss's classifier: a smallcnn trained on the source images and their labels, frozen; it takes
+    images in [-1, 1]. Trained with the global RNG forked, so the caller's draws are unchanged."""
+    from models.classifiers import normalisation
+    from models.quality import fit_classifier
+
+    classes = int(labels.max()) + 1
+    with torch.random.fork_rng(devices=[]):
+        network = fit_classifier(source_uint8, labels, max(classes, 2), epochs=epochs, seed=seed, device=device, desc="semantic classifier")
+    network.requires_grad_(False)
+    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in normalisation(source_uint8.shape[1]))
+    return lambda images: network(((images + 1) / 2 - mean) / std)
+
+
+def train(source_uint8: torch.Tensor, target_uint8: torch.Tensor, *, hyper: dict, seed: int, device, on_epoch=None, progress: bool = True,
+          labels: torch.Tensor | None = None) -> CycleGAN:
+    """A CycleGAN between two uint8 [N, C, H, W] image sets of one size and colour mode (`hyper`: `defaults_for`'s keys).
+    `labels` (int [N], the source images' classes) are needed only for the semantic loss (`semantic_weight` > 0)."""
     if source_uint8.dtype != torch.uint8 or target_uint8.dtype != torch.uint8 or source_uint8.shape[1:] != target_uint8.shape[1:]:
         raise ValueError(f"source and target must be uint8 [N, C, H, W] of one shape, got {tuple(source_uint8.shape)} and {tuple(target_uint8.shape)}")
     if len(source_uint8) == 0 or len(target_uint8) == 0:
         raise ValueError("source and target need at least one image each")
+    semantic_weight = float(hyper.get("semantic_weight", 0.0))
+    if semantic_weight and (labels is None or len(labels) != len(source_uint8)):
+        raise ValueError(f"semantic_weight {semantic_weight:g} needs one label per source image; pass labels=, or set semantic_weight to 0")
     device = torch.device(device)
     _, channels, height, width = source_uint8.shape
     config = {**hyper, "image_channels": channels, "image_height": height, "image_width": width}
@@ -303,15 +334,21 @@ def train(source_uint8: torch.Tensor, target_uint8: torch.Tensor, *, hyper: dict
     targets = target_uint8.to(device)
     cycle_weight, identity_weight = float(hyper["cycle_weight"]), float(hyper["identity_weight"])
     critic_h, critic_w = max(height, CRITIC_MIN_SIDE), max(width, CRITIC_MIN_SIDE)
+    policy = parse_policy(hyper.get("augment", ""))
+    augment_draws = torch.Generator(device).manual_seed(seed + 2)
+    # its own seed: not the classifier a benchmark with this seed would judge label survival with
+    classify = source_classifier(source_uint8, labels, epochs=int(hyper.get("semantic_epochs", 8)), seed=seed + 3, device=device) if semantic_weight else None
     step_index = 0
 
     def critic(domain: str, images: torch.Tensor) -> torch.Tensor:
+        if policy:  # the same augmentations for real and generated images, in D's and G's steps
+            images = diff_augment(images, policy, augment_draws)
         return discriminators[domain](pad_to(images, critic_h, critic_w))
 
     def least_squares(scores: torch.Tensor, real: bool) -> torch.Tensor:
         return F.mse_loss(scores.float(), torch.full_like(scores.float(), 1.0 if real else 0.0))
 
-    def step(source, _labels):
+    def step(source, source_labels):
         nonlocal step_index
         target = to_unit_range(targets[target_order[step_index * batch_size : (step_index + 1) * batch_size]])
         factor = lr_factor(step_index, total_steps)
@@ -324,7 +361,8 @@ def train(source_uint8: torch.Tensor, target_uint8: torch.Tensor, *, hyper: dict
             loss_adversarial = least_squares(critic("target", fake_target), True) + least_squares(critic("source", fake_source), True)
             loss_cycle = F.l1_loss(model.to_source(fake_target).float(), source) + F.l1_loss(model.to_target(fake_source).float(), target)
             loss_identity = (F.l1_loss(model.to_target(target).float(), target) + F.l1_loss(model.to_source(source).float(), source)) if identity_weight else torch.zeros((), device=device)
-            loss_g = loss_adversarial + cycle_weight * loss_cycle + identity_weight * loss_identity
+            loss_semantic = F.cross_entropy(classify(fake_target).float(), source_labels) if classify else torch.zeros((), device=device)
+            loss_g = loss_adversarial + cycle_weight * loss_cycle + identity_weight * loss_identity + semantic_weight * loss_semantic
         optimizer_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optimizer_g.step()
@@ -338,9 +376,10 @@ def train(source_uint8: torch.Tensor, target_uint8: torch.Tensor, *, hyper: dict
         optimizer_d.step()
         step_index += 1
         return {"gen/loss_g": loss_g.detach(), "gen/loss_adversarial": loss_adversarial.detach(), "gen/loss_cycle": loss_cycle.detach(),
-                "gen/loss_identity": loss_identity.detach(), "gen/loss_d_target": losses_d["target"].detach(), "gen/loss_d_source": losses_d["source"].detach(),
+                "gen/loss_identity": loss_identity.detach(), **({"gen/loss_semantic": loss_semantic.detach()} if classify else {}), "gen/loss_d_target": losses_d["target"].detach(), "gen/loss_d_source": losses_d["source"].detach(),
                 "gen/lr": hyper["lr"] * factor}
 
-    labels = torch.zeros(len(source_uint8), dtype=torch.long)  # unused: the translation is not class-conditional
-    train_loop(step, source_uint8, labels, epochs=int(hyper["epochs"]), batch_size=batch_size, seed=seed, device=device, on_epoch=on_epoch, progress=progress, description="train cyclegan")
+    if labels is None or not semantic_weight:
+        labels = torch.zeros(len(source_uint8), dtype=torch.long)  # unused: the translation itself is not class-conditional
+    train_loop(step, source_uint8, labels.long(), epochs=int(hyper["epochs"]), batch_size=batch_size, seed=seed, device=device, on_epoch=on_epoch, progress=progress, description="train cyclegan")
     return model.eval()

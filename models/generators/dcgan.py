@@ -53,7 +53,7 @@ from torch import nn
 
 from models.device import autocast
 from models.generators.augment import diff_augment, parse_policy
-from models.generators.base import TrainedGenerator, crop_to, pad_to, per_image_noise, preset_for, seeded_model, stage_layout, train_loop
+from models.generators.base import TrainedGenerator, crop_to, ema_decay_at, pad_to, per_image_noise, preset_for, seeded_model, stage_layout, train_loop
 from models.generators.spectral import spectral_term
 
 DEFAULTS = dict(
@@ -258,7 +258,7 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
         optimizer_g.step()
         steps_done += 1
         if average is not None:  # warm-up: early on the average follows G closely
-            _average_into(average, model.generator_modules(), min(hyper["ema_decay"], (1 + steps_done) / (10 + steps_done)))
+            _average_into(average, model.generator_modules(), ema_decay_at(hyper["ema_decay"], steps_done))
         return {"gen/loss_d": loss_d.detach(), "gen/loss_g": loss_g.detach()}
 
     model.train()

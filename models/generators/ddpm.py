@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from models.device import autocast
-from models.generators.base import TrainedGenerator, crop_to, pad_to, padded_size, per_image_noise, preset_for, seeded_model, train_loop
+from models.generators.base import TrainedGenerator, crop_to, ema_decay_at, pad_to, padded_size, per_image_noise, preset_for, seeded_model, train_loop
 
 DEFAULTS = dict(
     epochs=16,  # passes over the train split (1,000 steps); ~3 min for 4,000 28x28 images on 2 CPU cores
@@ -159,8 +159,7 @@ def train(images_uint8, labels, num_classes, *, hyper, seed, device, on_epoch, p
         optimizer.step()
         lr_schedule.step()
         steps_done += 1
-        # EMA with warm-up: early on, the average follows the model closely
-        decay = min(hyper["ema_decay"], (1 + steps_done) / (10 + steps_done))
+        decay = ema_decay_at(hyper["ema_decay"], steps_done)  # with a warm-up
         with torch.no_grad():
             for averaged, current in zip(average.unet.parameters(), model.unet.parameters(), strict=True):
                 averaged.lerp_(current, 1 - decay)
