@@ -44,10 +44,11 @@ from models.training import make_optimizer, predict, train_one_epoch
 INCEPTION_SIZE = 299  # px: the side Inception-v3 takes
 
 
-def fit_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int, seed: int, device: torch.device, batch_size: int = 128, lr: float = 3e-3, desc: str = "fit") -> nn.Module:
-    """A smallcnn trained on uint8 images (cosine-decayed Adam), in eval mode."""
+def fit_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, epochs: int, seed: int, device: torch.device, batch_size: int = 128, lr: float = 3e-3, desc: str = "fit",
+                   arch: str = "smallcnn") -> nn.Module:
+    """A classifier (`arch`, from scratch; by default a smallcnn) trained on uint8 images (cosine-decayed Adam), in eval mode."""
     torch.manual_seed(seed)
-    network = build_classifier("smallcnn", num_classes, images.shape[1]).to(device)
+    network = build_classifier(arch, num_classes, images.shape[1], image_size=images.shape[-1]).to(device)
     optimizer = make_optimizer("adam", network.parameters(), lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     batches = TensorBatches(images, labels, batch_size, device)
