@@ -84,6 +84,7 @@ PARAMS = [
            "generator, which keeps colour by construction (at the paper's 0.5 x lambda = 5 it drew snow's flakes too faintly: README, CycleGAN); use 5 with --residual off; 0 = off.", click.FloatRange(0)),
     option("semantic_weight", 0.0, "cyclegan: weight of the semantic loss (CyCADA, Hoffman et al. 2018): a classifier trained on the real train images first (its epochs count in the train time) "
            "scores each translation, and its cross-entropy against the real image's label is added to the generator's loss, so a translation keeps its class; 0 = off (the paper's).", click.FloatRange(0)),
+    option("semantic_epochs", 8, "cyclegan, with --semantic-weight above 0: epochs of the semantic loss's classifier (a smallcnn, trained on the real train images before the translator).", click.IntRange(1)),
     option("pool_size", 50, "cyclegan: generated images kept for each discriminator, shown in place of new ones half the time (the paper's 50); 0 = no pool.", click.IntRange(0)),
     option("steps", 0, "Sampling steps: ddpm's few-step sampler (1000 = full DDPM) or Stable Diffusion's inference steps; 0 = default (25 for Stable Diffusion).", click.IntRange(0)),
     option("model_id", "", "Stable Diffusion: a local folder saved with save_pretrained, or a hub id already in the local cache."),
@@ -304,7 +305,7 @@ GENERATOR_OPTIONS = {
     "mode_seeking": (("dcgan",), "mode_seeking"), "spectral_loss": (("dcgan",), "spectral_loss"), "residual": (("cyclegan",), "residual"),
     "blocks": (("cyclegan",), "blocks"), "cycle_weight": (("cyclegan",), "cycle_weight"),
     "identity_weight": (("cyclegan",), "identity_weight"), "pool_size": (("cyclegan",), "pool_size"),
-    "semantic_weight": (("cyclegan",), "semantic_weight"),
+    "semantic_weight": (("cyclegan",), "semantic_weight"), "semantic_epochs": (("cyclegan",), "semantic_epochs"),
 }
 
 
@@ -347,6 +348,9 @@ def generator_options(params: dict) -> dict:
             chosen.update(residual_hyper(value))
             continue
         chosen[hyper] = value
+    if "semantic_epochs" in chosen and not chosen.get("semantic_weight"):
+        raise InputError(f"--semantic-epochs {params['semantic_epochs']} trains the semantic loss's classifier, which only --semantic-weight above 0 uses; "
+                         "set --semantic-weight too, or leave --semantic-epochs out.")
     return chosen
 
 

@@ -79,6 +79,7 @@ def test_the_defaults_are_zhu_et_al_and_the_learning_rate_decays_linearly_to_zer
         assert hyper["blocks"] == blocks
         assert (hyper["cycle_weight"], hyper["pool_size"], hyper["lr"], hyper["beta1"]) == (10.0, 50, 2e-4, 0.5)
         assert hyper["identity_weight"] == 3.0  # not the paper's 5: with the residual generator it held the snow shift back (README, CycleGAN)
+        assert (hyper["semantic_weight"], hyper["semantic_epochs"]) == (0.0, 8)  # the paper's: no semantic loss
     assert cyclegan.defaults_for(64, 64)["base_channels"] == 16  # the narrow CPU preset, not fewer blocks
     factors = [cyclegan.lr_factor(step, 100) for step in range(100)]
     assert factors[:50] == [1.0] * 50 and factors[-1] == 0.0
@@ -86,6 +87,7 @@ def test_the_defaults_are_zhu_et_al_and_the_learning_rate_decays_linearly_to_zer
     from pipelines.synthesize import DEFAULTS
 
     assert (DEFAULTS["cycle_weight"], DEFAULTS["identity_weight"], DEFAULTS["pool_size"], DEFAULTS["blocks"]) == (10.0, 3.0, 50, 0)
+    assert (DEFAULTS["semantic_weight"], DEFAULTS["semantic_epochs"]) == (0.0, 8)  # the stage's defaults are the translator's
     rates = []
     source = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
     cyclegan.train(source, source, hyper=tiny_hyper(16, epochs=4, batch_size=2), seed=0, device="cpu", progress=False,
@@ -118,7 +120,6 @@ def test_the_semantic_loss_needs_labels_and_keeps_the_source_classifier_s_label_
     source = (source.int() + torch.randint(-20, 21, source.shape, generator=generator)).clamp(0, 255).to(torch.uint8)
     target = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=generator)
     hyper = tiny_hyper(16, epochs=4, batch_size=4, identity_weight=0.0, lr=2e-3)
-    assert cyclegan.defaults_for(64, 64)["semantic_weight"] == 0.0  # the paper's: off
     with pytest.raises(ValueError, match="semantic_weight 10 needs one label per source image"):
         cyclegan.train(source, target, hyper={**hyper, "semantic_weight": 10.0}, seed=0, device="cpu", progress=False)
     curves = []
@@ -162,7 +163,7 @@ def test_the_stage_writes_a_translated_copy_of_each_real_train_image_with_its_so
     artifacts = {a.path for folder in ("generator", "samples") for a in MlflowClient().list_artifacts(run.info.run_id, folder)}
     assert {"generator/generator.pt", "generator/config.json", "samples/before_after.png"} <= artifacts
     config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator/config.json")
-    assert (config["blocks"], config["base_channels"], config["image_height"], config["residual"], config["residual_form"], config["identity_weight"]) == (6, 16, 32, True, "linear", 3.0)  # the defaults
+    assert (config["blocks"], config["base_channels"], config["image_height"], config["residual"], config["residual_form"], config["identity_weight"], config["semantic_weight"]) == (6, 16, 32, True, "linear", 3.0, 0.0)  # the defaults
 
     # its translator translates again without training; another target folder is another run
     params = {"data": str(photos), "generator": "cyclegan", "per_class": 5, "seed": 2, "quality": False}
@@ -235,7 +236,7 @@ def test_mlflow_run_synthesize_with_cyclegan(domains, experiment):
     env.update(ONE_THREAD)
     done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(REPO), "-e", "synthesize", "--env-manager", "local", "-P", f"data={photos}",
                            "-P", "generator=cyclegan", "-P", f"target_data={snowy}", "-P", "epochs=1", "-P", "per_class=2", "-P", "quality=false",
-                           "-P", "semantic_weight=0.5", "-P", "diff_augment=translation"],
+                           "-P", "semantic_weight=0.5", "-P", "semantic_epochs=2", "-P", "diff_augment=translation"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     [run] = runs_of(experiment, "synthesize")
@@ -243,7 +244,7 @@ def test_mlflow_run_synthesize_with_cyclegan(domains, experiment):
     assert run.data.metrics["synth/images"] == 6 and "perf/train_seconds" in run.data.metrics
     # the translator's options reach it through MLproject: the semantic loss (the real train labels) and DiffAugment
     config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/generator/config.json")
-    assert (config["semantic_weight"], config["augment"]) == (0.5, "translation")
+    assert (config["semantic_weight"], config["semantic_epochs"], config["augment"]) == (0.5, 2, "translation")
     assert run.data.metrics["gen/loss_semantic"] > 0
 
 

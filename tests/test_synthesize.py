@@ -256,4 +256,9 @@ def test_generator_options_are_checked_against_the_generator_before_any_run(phot
     assert generator_options({**DEFAULTS, "generator": "cyclegan", "diff_augment": "none"}) == {"augment": ""}
     with pytest.raises(InputError, match="--diff-augment applies to dcgan, cyclegan, not vae"):
         generator_options({**DEFAULTS, "generator": "vae", "diff_augment": "cutout"})
+    assert generator_options({**DEFAULTS, "generator": "cyclegan", "semantic_weight": 2.0, "semantic_epochs": 3}) == {"semantic_weight": 2.0, "semantic_epochs": 3}
+    with pytest.raises(InputError, match="--semantic-epochs 3 trains the semantic loss's classifier, which only --semantic-weight above 0 uses"):
+        generator_options({**DEFAULTS, "generator": "cyclegan", "semantic_epochs": 3})
+    with pytest.raises(InputError, match="--semantic-epochs applies to cyclegan, not dcgan"):
+        generator_options({**DEFAULTS, "generator": "dcgan", "semantic_epochs": 3})
     assert runs_of(experiment) == []
