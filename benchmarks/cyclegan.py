@@ -104,6 +104,17 @@ def called_target(domain, images: torch.Tensor, device) -> float:
     return accuracy(domain, images, torch.ones(len(images), dtype=torch.long), device)
 
 
+def per_class_accuracy(network, images: torch.Tensor, labels: torch.Tensor, device) -> list[float]:
+    """The class classifier's accuracy on each class's images: where a translation loses the class."""
+    from imaging.batches import TensorBatches
+    from models.classifiers import normalisation
+    from models.training import predict
+
+    logits, truth = predict(network, TensorBatches(images, labels, 512, device), *normalisation(images.shape[1]))
+    hits = logits.argmax(1) == truth
+    return [float(hits[truth == label].float().mean()) for label in range(len(CLASSES))]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -162,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
             "real_shift_survival": accuracy(classes, real_shift, held_labels, device) / clean,
             **({"judge_survival": accuracy(judge, translated, held_labels, device) / judge_clean, "judge_real_shift": accuracy(judge, real_shift, held_labels, device) / judge_clean} if judge else {}),
         })
-        print(f"[{kind}] trained in {train_s:.0f} s", flush=True)
+        print(f"[{kind}] trained in {train_s:.0f} s; class classifier accuracy per class ({', '.join(CLASSES)}): "
+              + "; ".join(f"{name} {' / '.join(f'{a:.3f}' for a in per_class_accuracy(classes, images, held_labels, device))}"
+                          for name, images in (("held-out source", held), ("translated", translated), ("real shifted", real_shift))), flush=True)
         if args.grids:
             write_grid(Path(args.grids) / f"cyclegan_{kind}.png", kind, held_x, held_y, translated, real_shift)
 
