@@ -79,7 +79,8 @@ PARAMS = [
            "keeps the image's detail and colour, and the label survives (README, CycleGAN); tanh = that change added before a tanh (tanh(atanh(x) + change)), which learns a brightening "
            "shift slowly; off = the paper's generator, which draws the whole image (blurred after a CPU-sized training); auto = on.", click.Choice(["auto", "on", "tanh", "off"])),
     option("blocks", 0, "cyclegan: residual blocks of each generator; 0 = the paper's: 6 up to 128 px, 9 above.", click.IntRange(0)),
-    option("cycle_weight", 10.0, "cyclegan: weight of the L1 cycle-consistency loss (lambda; the paper's 10).", click.FloatRange(0)),
+    option("cycle_weight", 13.0, "cyclegan: weight of the L1 cycle-consistency loss (lambda); 13 with the residual generator, where the paper's 10 let some "
+           "translations lose their class to the shift (README, CycleGAN); use 10 with --residual off.", click.FloatRange(0)),
     option("identity_weight", 3.0, "cyclegan: weight of the L1 identity loss, which asks each generator to leave images of its own output domain as they are; 3 with the residual "
            "generator, which keeps colour by construction (at the paper's 0.5 x lambda = 5 it drew snow's flakes too faintly: README, CycleGAN); use 5 with --residual off; 0 = off.", click.FloatRange(0)),
     option("semantic_weight", 0.0, "cyclegan: weight of the semantic loss (CyCADA, Hoffman et al. 2018): a classifier trained on the real train images first (its epochs count in the train time) "

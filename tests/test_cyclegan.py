@@ -73,11 +73,12 @@ def test_the_translator_keeps_shape_and_colour_and_is_fixed_by_its_seed(size, tm
     assert loaded.kind == "cyclegan" and torch.equal(loaded.translate(source), out)
 
 
-def test_the_defaults_are_zhu_et_al_and_the_learning_rate_decays_linearly_to_zero():
+def test_the_defaults_are_zhu_et_al_but_the_cycle_and_identity_weights_and_the_learning_rate_decays_linearly_to_zero():
     for size, blocks in ((32, 6), (64, 6), (128, 6), (256, 9), (512, 9)):
         hyper = cyclegan.defaults_for(size, size)
         assert hyper["blocks"] == blocks
-        assert (hyper["cycle_weight"], hyper["pool_size"], hyper["lr"], hyper["beta1"]) == (10.0, 50, 2e-4, 0.5)
+        assert (hyper["pool_size"], hyper["lr"], hyper["beta1"]) == (50, 2e-4, 0.5)
+        assert hyper["cycle_weight"] == 13.0  # not the paper's 10: at 10 snow seed 1 lost the class (README, CycleGAN)
         assert hyper["identity_weight"] == 3.0  # not the paper's 5: with the residual generator it held the snow shift back (README, CycleGAN)
         assert (hyper["semantic_weight"], hyper["semantic_epochs"]) == (0.0, 8)  # the paper's: no semantic loss
     assert cyclegan.defaults_for(64, 64)["base_channels"] == 16  # the narrow CPU preset, not fewer blocks
@@ -86,7 +87,7 @@ def test_the_defaults_are_zhu_et_al_and_the_learning_rate_decays_linearly_to_zer
     assert np.allclose(np.diff(factors[50:]), np.diff(factors[50:])[0])  # a straight line from 1 to 0
     from pipelines.synthesize import DEFAULTS
 
-    assert (DEFAULTS["cycle_weight"], DEFAULTS["identity_weight"], DEFAULTS["pool_size"], DEFAULTS["blocks"]) == (10.0, 3.0, 50, 0)
+    assert (DEFAULTS["cycle_weight"], DEFAULTS["identity_weight"], DEFAULTS["pool_size"], DEFAULTS["blocks"]) == (13.0, 3.0, 50, 0)
     assert (DEFAULTS["semantic_weight"], DEFAULTS["semantic_epochs"]) == (0.0, 8)  # the stage's defaults are the translator's
     rates = []
     source = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8)
