@@ -106,13 +106,9 @@ def called_target(domain, images: torch.Tensor, device) -> float:
 
 def per_class_accuracy(network, images: torch.Tensor, labels: torch.Tensor, device) -> list[float]:
     """The class classifier's accuracy on each class's images: where a translation loses the class."""
-    from imaging.batches import TensorBatches
-    from models.classifiers import normalisation
-    from models.training import predict
+    from models.quality import accuracy
 
-    logits, truth = predict(network, TensorBatches(images, labels, 512, device), *normalisation(images.shape[1]))
-    hits = logits.argmax(1) == truth
-    return [float(hits[truth == label].float().mean()) for label in range(len(CLASSES))]
+    return [accuracy(network, images[labels == label], labels[labels == label], device) for label in range(len(CLASSES))]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,7 +73,7 @@ def test_the_translator_keeps_shape_and_colour_and_is_fixed_by_its_seed(size, tm
     assert loaded.kind == "cyclegan" and torch.equal(loaded.translate(source), out)
 
 
-def test_the_defaults_are_zhu_et_al_but_the_cycle_and_identity_weights_and_the_learning_rate_decays_linearly_to_zero():
+def test_the_defaults_are_zhu_et_al_except_the_cycle_and_identity_weights_and_the_learning_rate_decays_linearly_to_zero():
     for size, blocks in ((32, 6), (64, 6), (128, 6), (256, 9), (512, 9)):
         hyper = cyclegan.defaults_for(size, size)
         assert hyper["blocks"] == blocks
